@@ -1,0 +1,136 @@
+//! Counters and the reasons the data plane gives for each verdict.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Packets and bytes, one slot per CPU in a per-CPU array; the agent sums.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&mut self, bytes: u64) {
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: Counter is repr(C), two u64s, no padding (bytemuck::Pod proves it).
+unsafe impl aya::Pod for Counter {}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $value:literal => $name:literal, )*) => {
+        /// Why the program gave the verdict it gave. Each value indexes the
+        /// [`crate::maps::REASON_STATS`] array. The kernel never reads this
+        /// enum from memory; it only writes `reason as u32`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Reason {
+            $( $(#[$doc])* $variant = $value, )*
+        }
+
+        impl Reason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The snake_case name used in logs and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            pub const fn from_u32(v: u32) -> Option<Reason> {
+                match v { $($value => Some(Reason::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Shorter than an Ethernet header: the kernel will drop it anyway.
+    PassShortEthernet = 0 => "pass_short_ethernet",
+    /// ARP: the VIP's owner must keep answering.
+    PassArp = 1 => "pass_arp",
+    /// IPv6: not balanced; the node's own stack handles it.
+    PassIpv6 = 2 => "pass_ipv6",
+    /// Any other ethertype (VLAN-tagged frames included).
+    PassOtherEthertype = 3 => "pass_other_ethertype",
+    /// IPv4 header truncated or with IHL < 5.
+    PassMalformedIpv4 = 4 => "pass_malformed_ipv4",
+    /// IPv4 that is not for a virtual service: the node's own traffic.
+    PassNotService = 5 => "pass_not_service",
+}
+
+/// Number of slots in the reason array. Leaves room for reasons added
+/// later without resizing the pinned map a running agent adopts.
+pub const REASON_SLOTS: u32 = 64;
+
+const _: () = assert!(Reason::ALL.len() as u32 <= REASON_SLOTS);
+
+/// The reason counters summed over CPUs, as the agent and the lab read them
+/// from the (pinned) [`crate::maps::REASON_STATS`] map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonTotals(pub [Counter; Reason::ALL.len()]);
+
+impl ReasonTotals {
+    #[cfg(feature = "user")]
+    pub fn read<T: core::borrow::Borrow<aya::maps::MapData>>(
+        map: &aya::maps::PerCpuArray<T, Counter>,
+    ) -> Result<Self, aya::maps::MapError> {
+        let mut out = ReasonTotals::default();
+        for (&reason, slot) in Reason::ALL.iter().zip(out.0.iter_mut()) {
+            for c in map.get(&(reason as u32), 0)?.iter() {
+                slot.packets += c.packets;
+                slot.bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, reason: Reason) -> Counter {
+        self.0[reason as usize]
+    }
+
+    pub fn total(&self) -> Counter {
+        self.0.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+
+    /// Non-zero reasons with their counters, in index order.
+    pub fn nonzero(&self) -> impl Iterator<Item = (Reason, Counter)> + '_ {
+        Reason::ALL
+            .iter()
+            .copied()
+            .zip(self.0.iter().copied())
+            .filter(|(_, c)| c.packets > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_and_round_trip() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{r:?} is out of order");
+            assert_eq!(Reason::from_u32(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(REASON_SLOTS), None);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert!(a.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+}
