@@ -1,8 +1,21 @@
 //! Everything the XDP program and the agent share: map value types, the
 //! pass/drop reasons, and the names and sizes of the maps. One definition,
 //! used by both sides; only integers and byte arrays cross the boundary.
+//! Also the pure logic both sides need, tested on the host: checksum
+//! arithmetic ([`csum`]), the flow hash ([`flow`]) and Maglev table
+//! building ([`maglev`]).
 #![cfg_attr(not(test), no_std)]
 
+// Only the agent allocates (Maglev tables); the eBPF build has no allocator.
+#[cfg(any(test, feature = "alloc"))]
+extern crate alloc;
+
+pub mod csum;
+pub mod flow;
+pub mod maglev;
 pub mod maps;
 pub mod stats;
 pub mod wire;
+
+#[cfg(test)]
+mod test_rng;

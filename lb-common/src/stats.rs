@@ -127,7 +127,11 @@ mod tests {
     #[test]
     fn names_are_unique_snake_case() {
         for (i, a) in Reason::ALL.iter().enumerate() {
-            assert!(a.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(
+                a.name()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            );
             for b in &Reason::ALL[i + 1..] {
                 assert_ne!(a.name(), b.name());
             }

@@ -21,10 +21,6 @@ impl Rng {
         (self.u64() >> 32) as u32
     }
 
-    pub fn u16(&mut self) -> u16 {
-        (self.u64() >> 48) as u16
-    }
-
     pub fn u8(&mut self) -> u8 {
         (self.u64() >> 56) as u8
     }

@@ -166,11 +166,7 @@ fn fake_apiservers_answer_like_kube_apiservers() {
             .unwrap()
     };
     lab.apiserver("api2").unwrap().set_ready(false).unwrap();
-    assert_eq!(
-        eventually(|| readyz(&lab).ok() == Some(500)),
-        true,
-        "api2 /readyz did not turn 500"
-    );
+    assert!(eventually(|| readyz(&lab).ok() == Some(500)), "api2 /readyz did not turn 500");
     lab.apiserver("api2").unwrap().set_ready(true).unwrap();
     assert!(
         eventually(|| readyz(&lab).ok() == Some(200)),
@@ -243,4 +239,24 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_crashed_runs_namespaces_are_swept_before_a_lab_starts() {
+    require_root();
+    // A pid that cannot be running: above the kernel's pid_max ceiling.
+    let stale = "xl4194305-0-client";
+    Command::new("ip")
+        .args(["netns", "add", stale])
+        .status()
+        .unwrap();
+    let lab = Lab::start(LabOptions {
+        start_apiservers: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let present = netns::list().iter().any(|n| n == stale);
+    drop(lab);
+    let _ = Command::new("ip").args(["netns", "del", stale]).status();
+    assert!(!present, "the lab started without removing {stale}");
 }
