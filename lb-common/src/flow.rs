@@ -246,3 +246,82 @@ mod tests {
     /// construction documented on [`flow_hash`].
     const PINNED: [u32; 3] = [0x5e4a_e0d5, 0x37dd_7702, 0xfa58_a2a4];
 }
+
+/// FLOWS key: a packet's 5-tuple as it arrives (network byte order).
+/// A NATed connection has two entries: the client→VIP tuple and the
+/// backend→SNAT tuple of its replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The key of the packets going the other way after the rewrite
+    /// `self → (nsrc, ndst, nsport, ndport)`.
+    #[inline(always)]
+    pub fn reply_of(
+        nsrc: [u8; 4],
+        ndst: [u8; 4],
+        nsport: [u8; 2],
+        ndport: [u8; 2],
+        proto: u8,
+    ) -> FlowKey {
+        FlowKey {
+            src: ndst,
+            dst: nsrc,
+            sport: ndport,
+            dport: nsport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Flow direction: client → backend.
+pub const DIR_FORWARD: u8 = 0;
+/// Flow direction: backend → client (the reply half).
+pub const DIR_REPLY: u8 = 1;
+
+/// TCP flags seen on a flow (only what ageing needs, not a TCP state machine).
+pub const SEEN_SYN: u8 = 1;
+pub const SEEN_ACK: u8 = 2;
+pub const SEEN_FIN: u8 = 4;
+pub const SEEN_RST: u8 = 8;
+
+/// FLOW_LOCAL: deliver to this node's stack unchanged (stacked master).
+pub const FLOW_LOCAL: u8 = 1;
+
+/// FLOWS value: how to rewrite the packet's 4-tuple, and what ageing needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Flow {
+    /// bpf_ktime_get_ns() of the last packet, refreshed at most every
+    /// [`TOUCH_INTERVAL_NS`] to keep the shared cache line quiet.
+    pub last_seen_ns: u64,
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+    pub new_sport: [u8; 2],
+    pub new_dport: [u8; 2],
+    pub backend: u32,
+    pub service: u32,
+    /// SEEN_* flags.
+    pub tcp_seen: u8,
+    pub dir: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY (both): repr(C), integers and byte arrays, no padding (Pod derive).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+}

@@ -14,6 +14,7 @@ pub mod csum;
 pub mod flow;
 pub mod maglev;
 pub mod maps;
+pub mod service;
 pub mod stats;
 pub mod wire;
 

@@ -5,6 +5,27 @@
 /// [`crate::stats::Reason`]: what the program did with each packet.
 pub const REASON_STATS: &str = "REASON_STATS";
 
+/// Hash of [`crate::service::ServiceKey`] → [`crate::service::Service`].
+pub const SERVICES: &str = "SERVICES";
+/// Array of [`crate::service::Backend`], indexed by backend id.
+pub const BACKENDS: &str = "BACKENDS";
+/// Array of backend ids: every service's Maglev tables, two regions each.
+pub const MAGLEV: &str = "MAGLEV";
+/// LRU hash of [`crate::flow::FlowKey`] → [`crate::flow::Flow`].
+pub const FLOWS: &str = "FLOWS";
+/// Array with one [`crate::service::DataplaneConfig`].
+pub const CONFIG: &str = "CONFIG";
+/// Per-CPU [`crate::stats::Traffic`] by service id.
+pub const SERVICE_STATS: &str = "SERVICE_STATS";
+/// Per-CPU [`crate::stats::Traffic`] by backend id.
+pub const BACKEND_STATS: &str = "BACKEND_STATS";
+/// Devmap (hash, by ifindex) of the interfaces XDP may redirect to.
+pub const TX_PORTS: &str = "TX_PORTS";
+/// Default size of the flow table (two entries per NATed connection).
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Pin name of the XDP link, beside the maps.
+pub const LINK_PIN: &str = "xdp_link";
+
 /// The XDP program's name in the object (and in `bpftool prog show`).
 pub const XDP_PROGRAM: &str = "xdplb";
 

@@ -22,6 +22,19 @@ impl Counter {
 // SAFETY: Counter is repr(C), two u64s, no padding (bytemuck::Pod proves it).
 unsafe impl aya::Pod for Counter {}
 
+/// Per service and per backend traffic (per-CPU slots; the agent sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), three u64s, no padding (bytemuck::Pod proves it).
+unsafe impl aya::Pod for Traffic {}
+
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $variant:ident = $value:literal => $name:literal, )*) => {
         /// Why the program gave the verdict it gave. Each value indexes the
@@ -58,10 +71,45 @@ reasons! {
     PassIpv6 = 2 => "pass_ipv6",
     /// Any other ethertype (VLAN-tagged frames included).
     PassOtherEthertype = 3 => "pass_other_ethertype",
-    /// IPv4 header truncated or with IHL < 5.
+    /// IPv4 header truncated, IHL < 5 or version != 4.
     PassMalformedIpv4 = 4 => "pass_malformed_ipv4",
-    /// IPv4 that is not for a virtual service: the node's own traffic.
+    /// IPv4 that is not for a virtual service nor a reply to a NATed flow:
+    /// the node's own traffic (ICMP, VRRP, ssh, health checks...).
     PassNotService = 5 => "pass_not_service",
+    /// An IPv4 fragment: only the first carries ports, so fragments go to
+    /// the kernel, which reassembles.
+    PassFragment = 6 => "pass_fragment",
+    /// VIP traffic while this node is not active (VRRP backup): self-fencing.
+    PassNotActive = 7 => "pass_not_active",
+    /// The service has no usable backend: the kernel answers (RST).
+    PassNoBackend = 8 => "pass_no_backend",
+    /// The chosen backend is this node (stacked master): local delivery.
+    PassLocalBackend = 9 => "pass_local_backend",
+    /// NATed, but the next hop's MAC is not resolved yet: the kernel
+    /// forwards this packet and resolves the neighbour.
+    PassNoNeigh = 10 => "pass_no_neigh",
+    /// NATed, but the FIB lookup failed otherwise: the kernel decides.
+    PassFibOther = 11 => "pass_fib_other",
+    /// Client → backend, sent back out the same interface.
+    TxForward = 12 => "tx_forward",
+    /// Backend → client (reverse NAT), sent back out the same interface.
+    TxReply = 13 => "tx_reply",
+    /// Client → backend through another interface (devmap).
+    RedirectForward = 14 => "redirect_forward",
+    /// Backend → client through another interface (devmap).
+    RedirectReply = 15 => "redirect_reply",
+    /// TCP/UDP header truncated, or TCP data offset < 5, for a service.
+    DropMalformedL4 = 16 => "drop_malformed_l4",
+    /// IPv4 total length disagrees with the packet, for a service.
+    DropBadIpLength = 17 => "drop_bad_ip_length",
+    /// UDP length field lies about the datagram, for a service.
+    DropBadUdpLength = 18 => "drop_bad_udp_length",
+    /// TCP segment with no flags at all (invalid; a scan), for a service.
+    DropTcpNoFlags = 19 => "drop_tcp_no_flags",
+    /// No free NAT port for this backend after bounded probing.
+    DropNatPortsExhausted = 20 => "drop_nat_ports_exhausted",
+    /// A map update failed (flow table full of unevictable entries...).
+    AbortedMapUpdate = 21 => "aborted_map_update",
 }
 
 /// Number of slots in the reason array. Leaves room for reasons added

@@ -68,6 +68,60 @@ impl Ipv4Hdr {
     }
 }
 
+impl Ipv4Hdr {
+    /// More-fragments set or a non-zero fragment offset.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & 0x3fff != 0
+    }
+    #[inline(always)]
+    pub fn total_len(&self) -> u16 {
+        u16::from_be_bytes(self.tot_len)
+    }
+}
+
+pub const TCP_HDR_LEN: usize = core::mem::size_of::<TcpHdr>();
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The fixed 20 bytes of a TCP header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TcpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    /// Data offset (high 4 bits) and reserved bits.
+    pub doff: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg: [u8; 2],
+}
+
+impl TcpHdr {
+    /// Header length in 32-bit words.
+    #[inline(always)]
+    pub fn data_offset(&self) -> u8 {
+        self.doff >> 4
+    }
+}
+
+pub const UDP_HDR_LEN: usize = core::mem::size_of::<UdpHdr>();
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct UdpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +130,8 @@ mod tests {
     fn header_sizes_match_the_wire() {
         assert_eq!(ETH_HDR_LEN, 14);
         assert_eq!(IPV4_HDR_LEN, 20);
+        assert_eq!(TCP_HDR_LEN, 20);
+        assert_eq!(UDP_HDR_LEN, 8);
     }
 
     #[test]

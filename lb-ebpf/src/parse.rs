@@ -2,13 +2,16 @@
 //! typed references the verifier has already proved in range.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::wire::{ETH_HDR_LEN, EthHdr, Ipv4Hdr};
+use lb_common::{
+    service::{PROTO_TCP, PROTO_UDP},
+    stats::Reason,
+    wire::{ETH_HDR_LEN, EthHdr, EtherType, Ipv4Hdr, TcpHdr, UdpHdr},
+};
 
-pub use lb_common::wire::EtherType;
-
-/// A `&T` at `offset` into the packet, or `None` if it would run past the end.
+/// A pointer to a `T` at `offset` into the packet, or `None` if it would
+/// run past the end.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -18,18 +21,137 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn ethernet(ctx: &XdpContext) -> Option<&mut EthHdr> {
-    // SAFETY: ptr_at proved the header lies inside the packet.
-    ptr_at::<EthHdr>(ctx, 0).map(|p| unsafe { &mut *p })
+fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a mut T> {
+    // SAFETY: ptr_at proved the header lies inside the packet, which lives
+    // for the whole program run; headers are byte arrays (align 1).
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { &mut *p })
 }
 
-/// The IPv4 header after Ethernet, if complete and with IHL >= 5.
+pub enum L4<'a> {
+    Tcp(&'a mut TcpHdr),
+    Udp(&'a mut UdpHdr),
+}
+
+/// An IPv4 TCP/UDP packet, not a fragment, with its headers in range.
+pub struct Ipv4Packet<'a> {
+    pub eth: &'a mut EthHdr,
+    pub ip: &'a mut Ipv4Hdr,
+    pub l4: L4<'a>,
+    /// Frame length, for the byte counters.
+    pub len: u64,
+    /// Bytes from the IPv4 header to the end of the frame.
+    ip_avail: u64,
+    /// IPv4 header length in bytes.
+    ihl_bytes: u64,
+}
+
+pub enum Parsed<'a> {
+    Ipv4(Ipv4Packet<'a>),
+    /// Not ours to balance: pass it, counted under this reason.
+    Other(Reason),
+}
+
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext) -> Option<&mut Ipv4Hdr> {
-    // SAFETY: ptr_at proved the header lies inside the packet.
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).map(|p| unsafe { &mut *p })?;
-    if ip.ihl() < 5 || ip.version() != 4 {
-        return None;
+pub fn parse(ctx: &XdpContext) -> Parsed<'_> {
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return Parsed::Other(Reason::PassShortEthernet);
+    };
+    match eth.ether_type() {
+        EtherType::Ipv4 => {}
+        EtherType::Arp => return Parsed::Other(Reason::PassArp),
+        EtherType::Ipv6 => return Parsed::Other(Reason::PassIpv6),
+        EtherType::Other => return Parsed::Other(Reason::PassOtherEthertype),
     }
-    Some(ip)
+    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
+        return Parsed::Other(Reason::PassMalformedIpv4);
+    };
+    if ip.version() != 4 || ip.ihl() < 5 {
+        return Parsed::Other(Reason::PassMalformedIpv4);
+    }
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return Parsed::Other(Reason::PassNotService);
+    }
+    // Only the first fragment has ports; the kernel reassembles.
+    if ip.is_fragment() {
+        return Parsed::Other(Reason::PassFragment);
+    }
+    // IP options are carried along untouched: the L4 header starts after
+    // them (IHL ≤ 15 words, so the offset is bounded for the verifier).
+    let ihl_bytes = (ip.ihl() as usize & 0x0f) * 4;
+    let l4_off = ETH_HDR_LEN + ihl_bytes;
+    let l4 = if ip.proto == PROTO_TCP {
+        match header::<TcpHdr>(ctx, l4_off) {
+            Some(tcp) => L4::Tcp(tcp),
+            None => return Parsed::Other(Reason::DropMalformedL4),
+        }
+    } else {
+        match header::<UdpHdr>(ctx, l4_off) {
+            Some(udp) => L4::Udp(udp),
+            None => return Parsed::Other(Reason::DropMalformedL4),
+        }
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    Parsed::Ipv4(Ipv4Packet {
+        eth,
+        ip,
+        l4,
+        len,
+        ip_avail: len - ETH_HDR_LEN as u64,
+        ihl_bytes: ihl_bytes as u64,
+    })
+}
+
+impl Ipv4Packet<'_> {
+    #[inline(always)]
+    pub fn sport(&self) -> [u8; 2] {
+        match &self.l4 {
+            L4::Tcp(t) => t.sport,
+            L4::Udp(u) => u.sport,
+        }
+    }
+
+    #[inline(always)]
+    pub fn dport(&self) -> [u8; 2] {
+        match &self.l4 {
+            L4::Tcp(t) => t.dport,
+            L4::Udp(u) => u.dport,
+        }
+    }
+
+    /// TCP flags, 0 for UDP.
+    #[inline(always)]
+    pub fn tcp_flags(&self) -> u8 {
+        match &self.l4 {
+            L4::Tcp(t) => t.flags,
+            L4::Udp(_) => 0,
+        }
+    }
+
+    /// Checks made only for packets we rewrite: lengths must agree with the
+    /// packet, or the rewrite would forward garbage on a connection's behalf.
+    #[inline(always)]
+    pub fn validate(&self) -> Result<(), Reason> {
+        let tot = self.ip.total_len() as u64;
+        if tot > self.ip_avail || tot < self.ihl_bytes {
+            return Err(Reason::DropBadIpLength);
+        }
+        let l4_len = tot - self.ihl_bytes;
+        match &self.l4 {
+            L4::Tcp(t) => {
+                let doff = (t.data_offset() as u64) * 4;
+                if doff < 20 || doff > l4_len {
+                    return Err(Reason::DropMalformedL4);
+                }
+                if t.flags == 0 {
+                    return Err(Reason::DropTcpNoFlags);
+                }
+            }
+            L4::Udp(u) => {
+                if u16::from_be_bytes(u.len) as u64 != l4_len {
+                    return Err(Reason::DropBadUdpLength);
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,15 +1,22 @@
 //! Command-line flags. Flags named in issues as "exact" are a contract with
 //! tests outside the project: add new ones, never rename these.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgGroup, Parser, ValueEnum};
+
+use crate::config::{
+    BackendSpec, DEFAULT_PORT, Proto, parse_backend_flag, parse_max_flows, parse_nat_ports,
+    parse_snat_ip, parse_vip,
+};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "xdplb",
     version,
-    about = "XDP L4 load balancer for Kubernetes control planes"
+    about = "XDP L4 load balancer for Kubernetes control planes",
+    // One service from the flags, or any number from a file; never both.
+    group(ArgGroup::new("services").required(true).args(["config", "vip"])),
 )]
 pub struct Args {
     /// Interface to attach the XDP program to (the one that owns the VIP).
@@ -29,6 +36,59 @@ pub struct Args {
     /// How often to log the packet counters; 0 turns the report off.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub report_interval: Duration,
+
+    /// TOML file with the services and settings (instead of --vip and
+    /// --backend). See xdplb.example.toml.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        conflicts_with_all = ["vip", "backend", "port", "proto"]
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Virtual IP of the one service to balance (single-service mode).
+    #[arg(long, value_name = "ADDR", value_parser = parse_vip, requires = "backend")]
+    pub vip: Option<Ipv4Addr>,
+
+    /// Port of the service on the VIP.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    /// Protocol of the service.
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    pub proto: Proto,
+
+    /// A backend of the service, `IP:PORT` or `IP:PORT@WEIGHT` (weight 1 by
+    /// default, 0 drains it). Repeat the flag for each backend.
+    #[arg(long, value_name = "IP:PORT[@WEIGHT]", value_parser = parse_backend_flag, requires = "vip")]
+    pub backend: Vec<BackendSpec>,
+
+    /// Source address of the packets sent to backends (overrides the file).
+    /// Default: the interface's primary IPv4 address.
+    #[arg(long, value_name = "ADDR", value_parser = parse_snat_ip)]
+    pub snat_ip: Option<Ipv4Addr>,
+
+    /// Source ports used for NAT towards backends, `LO-HI`, at least 64 ports
+    /// from 1024 up (overrides the file). [default: 20000-29999]
+    #[arg(long, value_name = "LO-HI", value_parser = parse_nat_ports)]
+    pub nat_ports: Option<(u16, u16)>,
+
+    /// Size of the flow table, at least 1024; each NATed connection takes two
+    /// entries (overrides the file). [default: 262144]
+    #[arg(long, value_name = "N", value_parser = parse_max_flows)]
+    pub max_flows: Option<u32>,
+
+    /// On SIGTERM leave the program attached and its maps pinned, so traffic
+    /// keeps flowing until the next xdplb adopts them.
+    #[arg(long)]
+    pub keep_dataplane: bool,
+
+    /// Do not add the VIP to the interface (something else owns it). By
+    /// default xdplb adds VIP/32 at start and removes it at exit.
+    #[arg(long)]
+    pub no_assign_vip: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,16 +1,29 @@
-//! Loads the embedded XDP program, attaches it, and pins its maps. The
-//! returned [`Dataplane`] owns all of it: dropping it detaches the program
-//! and removes the pins, so nothing outlives a clean exit by accident.
+//! Loads the embedded XDP program and attaches it, or adopts the data
+//! plane a previous agent left pinned.
+//!
+//! Maps are pinned by name under the pin directory (the program declares
+//! them `pinned`, and aya reuses a pinned map instead of creating one), and
+//! so is the XDP link. A restarted agent therefore finds the same maps —
+//! flows included — and atomically swaps its freshly loaded program into
+//! the pinned link: established connections never notice. Only a clean
+//! shutdown without `--keep-dataplane` detaches and removes the pins.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    maps::Map,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
-use lb_common::{maps, stats::Counter};
+use lb_common::{maps, service::MAX_SERVICES};
 use tracing::{info, warn};
 
 use crate::cli::XdpAttachMode;
@@ -18,97 +31,149 @@ use crate::cli::XdpAttachMode;
 /// The program object, built by build.rs from lb-ebpf.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+pub struct LoadOptions<'a> {
+    pub iface: &'a str,
+    pub mode: XdpAttachMode,
+    pub pin_dir: PathBuf,
+    pub max_flows: u32,
+    pub table_size: u32,
+}
+
 pub struct Dataplane {
+    /// Owns the program (and, when adopted, the link it was swapped into).
     ebpf: Ebpf,
+    /// The link we attached and pinned; None when adopted (then the program
+    /// owns the link fd and the pin is the one we found).
+    link: Option<PinnedLink>,
     pub iface: String,
-    pin_dir: PathBuf,
-    pinned: Vec<PathBuf>,
+    pub pin_dir: PathBuf,
+    pub adopted: bool,
 }
 
 impl Dataplane {
-    pub fn load(iface: &str, want: XdpAttachMode, pin_dir: PathBuf) -> Result<Self> {
+    pub fn load(opts: LoadOptions) -> Result<Self> {
+        let LoadOptions {
+            iface,
+            mode,
+            pin_dir,
+            max_flows,
+            table_size,
+        } = opts;
+        let link_path = pin_dir.join(maps::LINK_PIN);
+        let adopting = link_path.exists();
         let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries(maps::FLOWS, max_flows)
+            .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * table_size)
             .load(PROGRAM)
-            .context("loading the XDP object")?;
+            .with_context(|| {
+                format!(
+                    "loading the XDP object (maps pinned in {})",
+                    pin_dir.display()
+                )
+            })?;
         let prog: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .ok_or_else(|| anyhow!("no program '{}' in the object", maps::XDP_PROGRAM))?
             .try_into()?;
         prog.load().context("the kernel rejected the XDP program")?;
-        let prog_id = prog.info().context("reading program info")?.id();
-        let mode = attach(prog, iface, want)?;
-        info!(iface, ?mode, prog_id, "XDP program attached");
 
-        let mut dp = Dataplane {
+        let link = if adopting {
+            let pinned = PinnedLink::from_pin(&link_path)
+                .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .context("the pinned link is not an XDP link")?;
+            prog.attach_to_link(link)
+                .context("swapping the new program into the pinned link")?;
+            info!(iface, pin_dir = %pin_dir.display(), "adopted the pinned data plane: maps and flows kept, program replaced");
+            None
+        } else {
+            let (mode, link) = attach_and_pin(prog, iface, mode, &link_path)?;
+            info!(iface, ?mode, "XDP program attached");
+            Some(link)
+        };
+        Ok(Dataplane {
             ebpf,
+            link,
             iface: iface.to_owned(),
             pin_dir,
-            pinned: Vec::new(),
-        };
-        dp.pin_maps()?;
-        Ok(dp)
+            adopted: adopting,
+        })
     }
 
-    /// Pins every map under the pin directory so `bpftool map show pinned`
-    /// and the tests can read them while we run. A stale pin from an agent
-    /// that died is replaced.
-    fn pin_maps(&mut self) -> Result<()> {
-        for (name, map) in self.ebpf.maps() {
-            // .bss/.data/.rodata hold globals, not state worth sharing.
-            if name.starts_with('.') {
-                continue;
-            }
-            let path = self.pin_dir.join(name);
-            if path.exists() {
-                fs::remove_file(&path)
-                    .with_context(|| format!("removing stale pin {}", path.display()))?;
-            }
-            map.pin(&path)
-                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
-            self.pinned.push(path);
+    /// Moves a map out of the object, for the task that owns it.
+    pub fn take_map(&mut self, name: &str) -> Result<Map> {
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("no map {name} in the object"))
+    }
+
+    /// Leaves program, link and maps in the kernel, pinned, for the next
+    /// agent to adopt (`--keep-dataplane`, or a crash).
+    pub fn keep(self) {
+        info!(iface = %self.iface, pin_dir = %self.pin_dir.display(), "leaving the data plane running (pinned)");
+        // Dropping our fds is enough: the pins hold everything.
+    }
+
+    /// Detaches the program and removes every pin.
+    pub fn detach(mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            link.unpin().context("unpinning the XDP link")?;
+        } else {
+            let path = self.pin_dir.join(maps::LINK_PIN);
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
+        // Closing the last link fd (held by the program) detaches it.
+        drop(self.ebpf);
+        for entry in fs::read_dir(&self.pin_dir)? {
+            let path = entry?.path();
+            fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+        }
+        let _ = fs::remove_dir(&self.pin_dir);
+        info!(iface = %self.iface, "XDP program detached and pins removed");
         Ok(())
-    }
-
-    pub fn reason_stats(&self) -> Result<PerCpuArray<&MapData, Counter>> {
-        let map = self
-            .ebpf
-            .map(maps::REASON_STATS)
-            .ok_or_else(|| anyhow!("no map {}", maps::REASON_STATS))?;
-        Ok(PerCpuArray::try_from(map)?)
     }
 }
 
-fn attach(prog: &mut Xdp, iface: &str, want: XdpAttachMode) -> Result<XdpMode> {
+/// Attaches in the wanted mode and pins the resulting bpf_link, so the
+/// program stays attached when the agent's fds close.
+fn attach_and_pin(
+    prog: &mut Xdp,
+    iface: &str,
+    want: XdpAttachMode,
+    path: &Path,
+) -> Result<(XdpMode, PinnedLink)> {
     let try_mode = |prog: &mut Xdp, mode| {
         prog.attach(iface, mode)
             .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))
     };
-    match want {
-        XdpAttachMode::Native => try_mode(prog, XdpMode::Driver).map(|_| XdpMode::Driver),
-        XdpAttachMode::Generic => try_mode(prog, XdpMode::Skb).map(|_| XdpMode::Skb),
+    let (id, mode) = match want {
+        XdpAttachMode::Native => (try_mode(prog, XdpMode::Driver)?, XdpMode::Driver),
+        XdpAttachMode::Generic => (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb),
         XdpAttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
-            Ok(_) => Ok(XdpMode::Driver),
+            Ok(id) => (id, XdpMode::Driver),
             Err(e) => {
                 warn!(
                     iface,
                     "native XDP unavailable ({e:#}); falling back to generic (slower)"
                 );
-                try_mode(prog, XdpMode::Skb).map(|_| XdpMode::Skb)
+                (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb)
             }
         },
-    }
+    };
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link)
+        .map_err(|e| anyhow!("{e}: this kernel attached XDP through netlink, which cannot be pinned (need Linux ≥ 5.9)"))?;
+    let pinned = fd
+        .pin(path)
+        .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+    Ok((mode, pinned))
 }
 
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        for path in &self.pinned {
-            if let Err(e) = fs::remove_file(path) {
-                warn!("removing pin {}: {e}", path.display());
-            }
-        }
-        // Only removes the directory if nothing else was pinned there.
-        let _ = fs::remove_dir(&self.pin_dir);
-        info!(iface = %self.iface, "XDP program detached");
-    }
+/// Typed map handles, moved out of the object for their owners.
+pub fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    dp: &mut Dataplane,
+    name: &str,
+) -> Result<T> {
+    T::try_from(dp.take_map(name)?).with_context(|| format!("map {name} has an unexpected type"))
 }

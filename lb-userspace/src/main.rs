@@ -1,21 +1,46 @@
-//! `xdplb`: the agent. Checks its inputs, loads and attaches the XDP
-//! program, reports what it sees, and detaches cleanly on SIGINT/SIGTERM.
+//! `xdplb`: the agent. Validates its configuration, loads (or adopts) the
+//! XDP data plane, owns the VIP, writes the maps through the reconciler,
+//! ages flows, reports counters, re-reads its config on SIGHUP, and on
+//! SIGINT/SIGTERM detaches cleanly (or leaves the data plane running with
+//! `--keep-dataplane`).
 
 mod cli;
+mod config;
+mod flows;
 mod loader;
+mod node;
 mod preflight;
+mod reconcile;
 mod stats;
+mod vip;
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{
+    collections::{BTreeSet, HashMap},
+    io::IsTerminal,
+    net::Ipv4Addr,
+    process::ExitCode,
+    time::Duration,
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, xdp::DevMapHash};
 use clap::Parser;
+use lb_common::{
+    flow::{Flow, FlowKey},
+    maps,
+    service::ServiceKey,
+    stats::{Counter, ReasonTotals},
+};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{error, info, warn};
 
-use lb_common::stats::ReasonTotals;
-
-use crate::{cli::Args, loader::Dataplane};
+use crate::{
+    cli::Args,
+    config::Config,
+    loader::{Dataplane, LoadOptions, typed},
+    reconcile::{ControlMaps, Desired, DesiredBackend, DesiredService, Reconciler},
+    vip::VipGuard,
+};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -46,31 +71,208 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    // Cheap checks first, each with a sentence a user can act on.
+    // Everything that can be wrong with the input is found before anything
+    // touches the kernel.
+    let mut config = Config::from_args(&args)?;
     preflight::interface_index(&args.iface)?;
     preflight::privileges()?;
     let pin_dir = args.pin_dir();
     preflight::bpffs(&pin_dir)?;
 
-    let dp = Dataplane::load(&args.iface, args.xdp_mode, pin_dir)?;
+    let vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    let snat_ip = match config.snat_ip {
+        Some(ip) => ip,
+        None => node::primary_ipv4(&args.iface, &vips)?,
+    };
+    for line in node::prepare_forwarding(&args.iface)? {
+        info!("sysctl {line}");
+    }
+    if let Some(line) = node::reserve_ports(config.nat_ports.0, config.nat_ports.1)? {
+        info!("{line}");
+    }
+
+    let mut dp = Dataplane::load(LoadOptions {
+        iface: &args.iface,
+        mode: args.xdp_mode,
+        pin_dir: pin_dir.clone(),
+        max_flows: config.max_flows,
+        table_size: config.maglev_table_size,
+    })?;
+    let control = ControlMaps {
+        config: typed(&mut dp, maps::CONFIG)?,
+        services: typed(&mut dp, maps::SERVICES)?,
+        backends: typed(&mut dp, maps::BACKENDS)?,
+        maglev: typed(&mut dp, maps::MAGLEV)?,
+    };
+    let mut flows: BpfHashMap<MapData, FlowKey, Flow> = typed(&mut dp, maps::FLOWS)?;
+    let reasons: PerCpuArray<MapData, Counter> = typed(&mut dp, maps::REASON_STATS)?;
+    let mut tx_ports: DevMapHash<MapData> = typed(&mut dp, maps::TX_PORTS)?;
+    for (name, ifindex) in node::interfaces()? {
+        if let Err(e) = tx_ports.insert(ifindex, ifindex, None, 0) {
+            warn!(
+                "interface {name} cannot be an XDP_REDIRECT target ({e}); packets for it go through the kernel"
+            );
+        }
+    }
+
+    let mut reconciler = Reconciler::adopt(control, config.maglev_table_size)?;
+    let changes = reconciler.apply(&desired(&config, snat_ip)?)?;
+    log_changes(&changes);
+    info!(%snat_ip, nat_ports = ?config.nat_ports, "full-NAT source");
+
+    let mut vip_guards: HashMap<Ipv4Addr, VipGuard> = HashMap::new();
+    if config.assign_vip {
+        sync_vips(&args.iface, &config, &mut vip_guards).await?;
+    }
     // The lab (and scripts) wait for this line.
     info!("xdplb ready on {}", args.iface);
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut ticker =
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut report =
         (!args.report_interval.is_zero()).then(|| tokio::time::interval(args.report_interval));
+    let mut ageing = tokio::time::interval(sweep_interval(&config));
     let mut last = ReasonTotals::default();
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break }
-            _ = async { ticker.as_mut().unwrap().tick().await }, if ticker.is_some() => {
-                let now = ReasonTotals::read(&dp.reason_stats()?)?;
-                info!(iface = %dp.iface, "{}", stats::report(&now, &last));
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break }
+            _ = sighup.recv() => {
+                match reload(&args, &config, snat_ip, &mut reconciler) {
+                    Ok(new) => {
+                        if new.assign_vip {
+                            if let Err(e) = sync_vips(&args.iface, &new, &mut vip_guards).await {
+                                error!("reload: {e:#}");
+                            }
+                        }
+                        config = new;
+                    }
+                    Err(e) => error!("reload rejected, the running configuration stays: {e:#}"),
+                }
+            }
+            _ = async { report.as_mut().expect("guarded").tick().await }, if report.is_some() => {
+                let now = ReasonTotals::read(&reasons)?;
+                info!(iface = %args.iface, "{}", stats::report(&now, &last));
                 last = now;
+            }
+            _ = ageing.tick() => {
+                match flows::sweep(&mut flows, &config.timeouts) {
+                    Ok(s) if s.expired > 0 => info!(connections = s.connections, expired = s.expired, "flow ageing"),
+                    Ok(_) => {}
+                    Err(e) => warn!("flow ageing: {e:#}"),
+                }
             }
         }
     }
-    drop(dp);
+
+    if config.keep_dataplane {
+        for (_, guard) in vip_guards.drain() {
+            guard.keep();
+        }
+        dp.keep();
+    } else {
+        for (_, guard) in vip_guards.drain() {
+            if let Err(e) = guard.release().await {
+                warn!("{e:#}");
+            }
+        }
+        dp.detach()?;
+    }
     Ok(())
+}
+
+/// The desired data-plane state for `config` on this node.
+fn desired(config: &Config, snat_ip: Ipv4Addr) -> Result<Desired> {
+    let local = node::local_ipv4s()?;
+    let services = config
+        .services
+        .iter()
+        .map(|s| DesiredService {
+            name: s.name.clone(),
+            key: ServiceKey {
+                vip: s.vip.octets(),
+                port: s.port.to_be_bytes(),
+                proto: s.proto.number(),
+                _pad: 0,
+            },
+            backends: s
+                .backends
+                .iter()
+                .map(|b| DesiredBackend {
+                    name: b.name.clone(),
+                    addr: b.addr,
+                    weight: b.weight,
+                    local: local.contains(b.addr.ip()),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Desired {
+        snat_ip,
+        nat_ports: config.nat_ports,
+        active: true,
+        services,
+    })
+}
+
+/// SIGHUP: re-read the configuration; a bad one is rejected whole.
+fn reload(
+    args: &Args,
+    running: &Config,
+    snat_ip: Ipv4Addr,
+    reconciler: &mut Reconciler,
+) -> Result<Config> {
+    let new = Config::from_args(args).context("re-reading the configuration")?;
+    if new.maglev_table_size != running.maglev_table_size || new.max_flows != running.max_flows {
+        anyhow::bail!(
+            "maglev_table_size and max_flows size the pinned maps; changing them needs a restart"
+        );
+    }
+    let snat_ip = new.snat_ip.unwrap_or(snat_ip);
+    let changes = reconciler.apply(&desired(&new, snat_ip)?)?;
+    info!("reloaded the configuration");
+    log_changes(&changes);
+    Ok(new)
+}
+
+async fn sync_vips(
+    iface: &str,
+    config: &Config,
+    guards: &mut HashMap<Ipv4Addr, VipGuard>,
+) -> Result<()> {
+    let wanted: BTreeSet<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    let gone: Vec<Ipv4Addr> = guards
+        .keys()
+        .filter(|v| !wanted.contains(v))
+        .copied()
+        .collect();
+    for v in gone {
+        if let Some(g) = guards.remove(&v) {
+            g.release().await?;
+        }
+    }
+    for v in wanted {
+        if !guards.contains_key(&v) {
+            guards.insert(v, vip::assign(iface, v).await?);
+        }
+    }
+    Ok(())
+}
+
+fn log_changes(changes: &str) {
+    for line in changes.lines() {
+        info!("{line}");
+    }
+}
+
+/// Often enough that the shortest timeout is honoured within ~50%.
+fn sweep_interval(config: &Config) -> Duration {
+    let t = &config.timeouts;
+    let shortest = t
+        .tcp_closing
+        .min(t.tcp_syn)
+        .min(t.udp)
+        .min(t.tcp_established);
+    (shortest / 2).clamp(Duration::from_secs(1), Duration::from_secs(10))
 }

@@ -69,7 +69,10 @@ pub fn bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64 but not on every target")]
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "f_type is i64 on x86_64 but not on every target"
+)]
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }

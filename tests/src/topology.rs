@@ -25,6 +25,7 @@ use crate::{
     agent::{Agent, AgentOptions},
     apiserver::Apiserver,
     netns::{self, Netns},
+    peer_xdp,
 };
 
 /// Prefix of every lab namespace: `xl<pid>-<n>-<host>`.
@@ -78,6 +79,7 @@ pub struct Lab {
     pub apiservers: BTreeMap<String, Apiserver>,
     /// Where agents' logs and other run files go; removed on drop.
     pub run_dir: PathBuf,
+    peer_programs: Vec<peer_xdp::Attached>,
     // Dropped last: the switch namespace holds the bridge.
     _switch: Netns,
 }
@@ -104,6 +106,7 @@ impl Lab {
             hosts: BTreeMap::new(),
             apiservers: BTreeMap::new(),
             run_dir,
+            peer_programs: Vec::new(),
             _switch: switch,
         };
 
@@ -139,6 +142,17 @@ impl Lab {
         let ip = self.addr(octet);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
+        // Hosts put real checksums on the wire, as a NIC would: with veth's
+        // default TX checksum offload, packets would carry only a partial
+        // (pseudo-header) checksum that the receiving kernel trusts because
+        // of skb metadata XDP never sees.
+        ns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        if name.starts_with("lb") {
+            // Native XDP_TX on a veth queues the frame on the peer, which
+            // only polls it promptly if it runs XDP too (see peer_xdp).
+            self.peer_programs
+                .push(peer_xdp::attach(&self._switch, &port, "xdp_pass")?);
+        }
         self.hosts.insert(
             name.to_owned(),
             Host {

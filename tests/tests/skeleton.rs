@@ -166,7 +166,10 @@ fn fake_apiservers_answer_like_kube_apiservers() {
             .unwrap()
     };
     lab.apiserver("api2").unwrap().set_ready(false).unwrap();
-    assert!(eventually(|| readyz(&lab).ok() == Some(500)), "api2 /readyz did not turn 500");
+    assert!(
+        eventually(|| readyz(&lab).ok() == Some(500)),
+        "api2 /readyz did not turn 500"
+    );
     lab.apiserver("api2").unwrap().set_ready(true).unwrap();
     assert!(
         eventually(|| readyz(&lab).ok() == Some(200)),

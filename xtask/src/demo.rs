@@ -14,9 +14,13 @@ use lb_common::stats::ReasonTotals;
 
 const DATAGRAMS: u64 = 1000;
 const PINGS: u64 = 5;
+const CONNECTIONS: usize = 60;
 
-pub fn run() -> Result<()> {
+pub fn run(hold: bool) -> Result<()> {
     crate::setup::require_root("cargo xtask lab (network namespaces, XDP)")?;
+    // With --hold, Ctrl-C must reach our waiting thread, not kill us before
+    // the lab is torn down: block it in every thread from the start.
+    let signals = hold.then(block_signals).transpose()?;
     let lab = Lab::start(LabOptions::default()).context("starting the lab")?;
     let lb1 = lab.host("lb1");
     println!("lab {}: bridge br0 in namespace {}-sw", lab.id, lab.id);
@@ -30,7 +34,18 @@ pub fn run() -> Result<()> {
         println!("  {:<7} {:<15} {role}", h.name, h.ip);
     }
 
-    let agent = lab.start_agent("lb1", &[])?;
+    let vip = lab.vip().to_string();
+    let backends: Vec<String> = lab
+        .apiservers
+        .values()
+        .map(|a| format!("{}:6443", a.ip))
+        .collect();
+    let mut args = vec!["--vip", vip.as_str()];
+    for b in &backends {
+        args.extend(["--backend", b.as_str()]);
+    }
+    println!("\nxdplb {}", args.join(" "));
+    let agent = lab.start_agent("lb1", &args)?;
     let prog = agent
         .attached_prog_id()?
         .context("xdplb started but no XDP program is attached to lb1 eth0")?;
@@ -62,16 +77,12 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })??;
-    let apis: Vec<SocketAddr> = lab
-        .apiservers
-        .values()
-        .map(|a| SocketAddr::from((a.ip, 6443)))
-        .collect();
+    let vip_addr = SocketAddr::from((lab.vip(), 6443));
     let versions = client.ns.run(move || {
         client::block_on(async move {
             let mut out = Vec::new();
-            for addr in apis {
-                out.push((addr, client::get(addr, "/version").await));
+            for _ in 0..CONNECTIONS {
+                out.push(client::get(vip_addr, "/version").await);
             }
             out
         })
@@ -80,17 +91,20 @@ pub fn run() -> Result<()> {
     println!("\ntraffic from client:");
     println!("  {PINGS} pings to lb1: {answered} answered (XDP passes the node's own traffic)");
     println!("  {DATAGRAMS} UDP datagrams to {target}");
-    for (addr, r) in &versions {
+    let mut served: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut failed = 0;
+    for r in &versions {
         match r {
-            Ok(r) => {
-                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-                println!(
-                    "  GET https://{addr}/version -> {} gitVersion={}",
-                    r.status, v["gitVersion"]
-                );
-            }
-            Err(e) => println!("  GET https://{addr}/version -> error: {e:#}"),
+            Ok(r) if r.status == 200 => *served.entry(r.backend.clone()).or_default() += 1,
+            Ok(_) | Err(_) => failed += 1,
         }
+    }
+    println!("  {CONNECTIONS} HTTPS connections to {vip_addr} (GET /version), {failed} failed:");
+    for (backend, n) in &served {
+        println!("    {backend:<6} served {n:>3} {}", "#".repeat(*n / 2));
+    }
+    if let Some(Err(e)) = versions.iter().find(|r| r.is_err()) {
+        println!("    first failure: {e:#}");
     }
 
     // The counters are per-CPU and updated as packets arrive: wait until
@@ -116,12 +130,24 @@ pub fn run() -> Result<()> {
         "  {:<22} {pkts:>8} pkts {bytes} bytes ({sent} sent to lb1 by the client)",
         "total"
     );
-    let ok = pkts >= sent;
+    let ok = pkts >= sent && failed == 0;
+    if hold {
+        println!(
+            "\nholding the lab (namespaces {}-*, agent log {}); Ctrl-C to tear down",
+            lab.id,
+            lab.run_dir.display()
+        );
+        if let Some(set) = signals {
+            let _ = set.wait();
+        }
+    }
     drop(agent);
     drop(lab);
     println!("\nteardown: namespaces, bridge, pins and processes removed");
     if !ok {
-        anyhow::bail!("XDP on lb1 counted {pkts} packets, fewer than the {sent} the client sent");
+        anyhow::bail!(
+            "{failed} connections failed, or XDP on lb1 counted fewer than the {sent} packets sent to lb1 ({pkts})"
+        );
     }
     Ok(())
 }
@@ -136,4 +162,15 @@ fn count_replies(ping_output: &str) -> u64 {
         .lines()
         .filter(|l| l.contains("bytes from"))
         .count() as u64
+}
+
+/// Blocks SIGINT and SIGTERM (inherited by every thread spawned later) so
+/// they can be waited for.
+fn block_signals() -> Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    Ok(set)
 }

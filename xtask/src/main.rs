@@ -43,7 +43,12 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Bring up the lab, run xdplb on lb1, send traffic, print a report, tear down.
-    Lab,
+    Lab {
+        /// Keep the lab up after the report, until Ctrl-C, to look around
+        /// (`nsenter --net=/var/run/netns/<ns> ...`).
+        #[arg(long)]
+        hold: bool,
+    },
 }
 
 fn main() {
@@ -66,9 +71,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => test(&args),
-        Cmd::Lab => {
+        Cmd::Lab { hold } => {
             build(false)?;
-            demo::run()
+            demo::run(hold)
         }
     }
 }

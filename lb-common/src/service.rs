@@ -1,0 +1,85 @@
+//! Virtual services, their backends and the data plane's global settings:
+//! what the agent writes and the XDP program only reads.
+
+use bytemuck::{Pod, Zeroable};
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Most services one data plane serves (SERVICES, SERVICE_STATS and the
+/// Maglev array are sized by it).
+pub const MAX_SERVICES: u32 = 32;
+/// Most backends over all services (BACKENDS, BACKEND_STATS); a backend's
+/// id indexes both.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default Maglev table size: a prime ≥ 100 × 163 backends.
+pub const DEFAULT_TABLE_SIZE: u32 = 16381;
+
+/// SERVICES key: a (VIP, port, protocol) the program balances.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    pub vip: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// SERVICES value.
+///
+/// Each service owns two regions of `table_size` slots in the MAGLEV array
+/// (double buffering): the agent writes a new table into the region not in
+/// use, then switches `table_base` with one map update, so a packet sees
+/// either the old table or the new one, never a half-written mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Service {
+    /// Index into SERVICE_STATS.
+    pub id: u32,
+    /// First MAGLEV slot of the active table.
+    pub table_base: u32,
+    /// Slots in the table (a prime); 0 means no backend is usable.
+    pub table_size: u32,
+    pub flags: u32,
+}
+
+/// The backend is an address of this node (a stacked master): deliver to
+/// the local stack instead of rewriting.
+pub const BACKEND_LOCAL: u8 = 1;
+
+/// BACKENDS value, indexed by backend id (what MAGLEV slots hold).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    pub ip: [u8; 4],
+    pub port: [u8; 2],
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// CONFIG flag: this node is the active one (VRRP master) and NATs VIP
+/// traffic. A backup sees the flag clear and passes VIP packets untouched.
+pub const CONFIG_ACTIVE: u32 = 1;
+
+/// CONFIG[0]: settings the program needs per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DataplaneConfig {
+    /// Source address of NATed packets towards backends.
+    pub snat_ip: [u8; 4],
+    /// NAT source ports, inclusive, host byte order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY (all): repr(C), integers and byte arrays only, no padding
+    // (bytemuck::Pod derives above prove it).
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+}

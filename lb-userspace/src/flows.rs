@@ -1,0 +1,211 @@
+//! Flow ageing. The data plane records when each flow last saw a packet and
+//! which TCP flags it saw; this removes flows idle longer than their state
+//! allows, both halves (client→VIP and backend→SNAT) together. The LRU map
+//! also evicts the oldest flows by itself when it is full.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Result;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use lb_common::{
+    flow::{DIR_FORWARD, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_FIN, SEEN_RST},
+    service::PROTO_TCP,
+};
+
+pub use crate::config::Timeouts;
+
+impl Timeouts {
+    /// How long a flow may stay idle, by what it has seen.
+    pub fn for_flow(&self, proto: u8, seen: u8) -> Duration {
+        if proto != PROTO_TCP {
+            self.udp
+        } else if seen & (SEEN_FIN | SEEN_RST) != 0 {
+            self.tcp_closing
+        } else if seen & SEEN_ACK != 0 {
+            self.tcp_established
+        } else {
+            self.tcp_syn
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub connections: usize,
+    pub expired: usize,
+}
+
+/// The expired keys among `flows`, pairing each connection's two halves.
+/// Pure, so it is tested without a kernel.
+pub fn expired(
+    flows: &[(FlowKey, Flow)],
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> (Vec<FlowKey>, usize) {
+    let by_key: HashMap<FlowKey, &Flow> = flows.iter().map(|(k, f)| (*k, f)).collect();
+    let mut dead = Vec::new();
+    let mut connections = 0;
+    let mut paired = std::collections::HashSet::new();
+    for (key, flow) in flows.iter().filter(|(_, f)| f.dir == DIR_FORWARD) {
+        connections += 1;
+        let reply_key = FlowKey::reply_of(
+            flow.new_src,
+            flow.new_dst,
+            flow.new_sport,
+            flow.new_dport,
+            key.proto,
+        );
+        let reply = (flow.flags & FLOW_LOCAL == 0)
+            .then(|| by_key.get(&reply_key))
+            .flatten();
+        let (last, seen) = match reply {
+            Some(r) => {
+                paired.insert(reply_key);
+                (
+                    flow.last_seen_ns.max(r.last_seen_ns),
+                    flow.tcp_seen | r.tcp_seen,
+                )
+            }
+            None => (flow.last_seen_ns, flow.tcp_seen),
+        };
+        if idle(now_ns, last) > timeouts.for_flow(key.proto, seen) {
+            dead.push(*key);
+            if reply.is_some() {
+                dead.push(reply_key);
+            }
+        }
+    }
+    // Reply halves whose forward half the LRU already evicted.
+    for (key, flow) in flows
+        .iter()
+        .filter(|(k, f)| f.dir != DIR_FORWARD && !paired.contains(k))
+    {
+        if idle(now_ns, flow.last_seen_ns) > timeouts.for_flow(key.proto, flow.tcp_seen) {
+            dead.push(*key);
+        }
+    }
+    (dead, connections)
+}
+
+fn idle(now_ns: u64, last_ns: u64) -> Duration {
+    Duration::from_nanos(now_ns.saturating_sub(last_ns))
+}
+
+/// The data plane's clock (bpf_ktime_get_coarse_ns).
+pub fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+pub fn sweep(map: &mut BpfHashMap<MapData, FlowKey, Flow>, timeouts: &Timeouts) -> Result<Sweep> {
+    let snapshot: Vec<(FlowKey, Flow)> = map.iter().filter_map(|r| r.ok()).collect();
+    let (dead, connections) = expired(&snapshot, now_ns(), timeouts);
+    let mut removed = 0;
+    for key in &dead {
+        // A flow the LRU evicted meanwhile is simply gone already.
+        if map.remove(key).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(Sweep {
+        connections,
+        expired: removed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::flow::{DIR_REPLY, SEEN_SYN};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pair(
+        client_port: u8,
+        last_fwd: u64,
+        last_rev: u64,
+        seen_fwd: u8,
+        seen_rev: u8,
+    ) -> [(FlowKey, Flow); 2] {
+        let fwd_key = FlowKey {
+            src: [10, 0, 0, 1],
+            dst: [10, 0, 0, 100],
+            sport: [0, client_port],
+            dport: [25, 43],
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let fwd = Flow {
+            last_seen_ns: last_fwd,
+            new_src: [10, 0, 0, 2],
+            new_dst: [10, 0, 0, 21],
+            new_sport: [78, client_port],
+            new_dport: [25, 43],
+            tcp_seen: seen_fwd,
+            dir: DIR_FORWARD,
+            ..Flow::default()
+        };
+        let rev_key = FlowKey::reply_of(fwd.new_src, fwd.new_dst, fwd.new_sport, fwd.new_dport, 6);
+        let rev = Flow {
+            last_seen_ns: last_rev,
+            tcp_seen: seen_rev,
+            dir: DIR_REPLY,
+            ..Flow::default()
+        };
+        [(fwd_key, fwd), (rev_key, rev)]
+    }
+
+    #[test]
+    fn established_flows_live_long_closing_ones_short() {
+        let t = Timeouts::default();
+        let now = 10_000 * S;
+        let mut flows = Vec::new();
+        flows.extend(pair(
+            1,
+            now - 600 * S,
+            now - 600 * S,
+            SEEN_SYN | SEEN_ACK,
+            SEEN_SYN | SEEN_ACK,
+        )); // established, 10 min idle
+        flows.extend(pair(
+            2,
+            now - 20 * S,
+            now - 20 * S,
+            SEEN_ACK | SEEN_FIN,
+            SEEN_ACK,
+        )); // closing, 20 s idle
+        flows.extend(pair(3, now - 40 * S, now - 40 * S, SEEN_SYN, 0)); // SYN never answered
+        let (dead, connections) = expired(&flows, now, &t);
+        assert_eq!(connections, 3);
+        assert!(!dead.contains(&flows[0].0) && !dead.contains(&flows[1].0));
+        assert!(
+            dead.contains(&flows[2].0) && dead.contains(&flows[3].0),
+            "closing flow and its reply half"
+        );
+        assert!(dead.contains(&flows[4].0) && dead.contains(&flows[5].0));
+    }
+
+    #[test]
+    fn a_busy_reply_half_keeps_the_connection() {
+        // A watch: the client is silent, the apiserver streams events.
+        let now = 10_000 * S;
+        let flows = pair(
+            1,
+            now - 7200 * S,
+            now - 5 * S,
+            SEEN_SYN | SEEN_ACK,
+            SEEN_ACK,
+        );
+        assert!(expired(&flows, now, &Timeouts::default()).0.is_empty());
+    }
+
+    #[test]
+    fn orphan_reply_halves_age_out() {
+        let now = 10_000 * S;
+        let [_, rev] = pair(1, 0, now - 120 * S, 0, SEEN_SYN);
+        let (dead, connections) = expired(&[rev], now, &Timeouts::default());
+        assert_eq!((dead, connections), (vec![rev.0], 0));
+    }
+}
