@@ -47,7 +47,6 @@ pub struct Dataplane {
     link: Option<PinnedLink>,
     pub iface: String,
     pub pin_dir: PathBuf,
-    pub adopted: bool,
 }
 
 impl Dataplane {
@@ -97,7 +96,6 @@ impl Dataplane {
             link,
             iface: iface.to_owned(),
             pin_dir,
-            adopted: adopting,
         })
     }
 

@@ -29,7 +29,7 @@ use lb_common::{
     flow::{Flow, FlowKey},
     maps,
     service::ServiceKey,
-    stats::{Counter, ReasonTotals},
+    stats::{Counter, ReasonTotals, Traffic},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -106,6 +106,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let mut flows: BpfHashMap<MapData, FlowKey, Flow> = typed(&mut dp, maps::FLOWS)?;
     let reasons: PerCpuArray<MapData, Counter> = typed(&mut dp, maps::REASON_STATS)?;
+    let backend_stats: PerCpuArray<MapData, Traffic> = typed(&mut dp, maps::BACKEND_STATS)?;
     let mut tx_ports: DevMapHash<MapData> = typed(&mut dp, maps::TX_PORTS)?;
     for (name, ifindex) in node::interfaces()? {
         if let Err(e) = tx_ports.insert(ifindex, ifindex, None, 0) {
@@ -141,10 +142,10 @@ async fn run(args: Args) -> Result<()> {
             _ = sighup.recv() => {
                 match reload(&args, &config, snat_ip, &mut reconciler) {
                     Ok(new) => {
-                        if new.assign_vip {
-                            if let Err(e) = sync_vips(&args.iface, &new, &mut vip_guards).await {
-                                error!("reload: {e:#}");
-                            }
+                        if new.assign_vip
+                            && let Err(e) = sync_vips(&args.iface, &new, &mut vip_guards).await
+                        {
+                            error!("reload: {e:#}");
                         }
                         config = new;
                     }
@@ -154,6 +155,9 @@ async fn run(args: Args) -> Result<()> {
             _ = async { report.as_mut().expect("guarded").tick().await }, if report.is_some() => {
                 let now = ReasonTotals::read(&reasons)?;
                 info!(iface = %args.iface, "{}", stats::report(&now, &last));
+                if now != last {
+                    info!("{}", stats::backends(&backend_stats, &reconciler.backend_names())?);
+                }
                 last = now;
             }
             _ = ageing.tick() => {
@@ -253,8 +257,8 @@ async fn sync_vips(
         }
     }
     for v in wanted {
-        if !guards.contains_key(&v) {
-            guards.insert(v, vip::assign(iface, v).await?);
+        if let std::collections::hash_map::Entry::Vacant(slot) = guards.entry(v) {
+            slot.insert(vip::assign(iface, v).await?);
         }
     }
     Ok(())

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use lb_common::stats::ReasonTotals;
+use std::collections::HashMap;
+
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::stats::{ReasonTotals, Traffic};
 
 /// Totals, the change since `prev`, and every non-zero reason.
 pub fn report(now: &ReasonTotals, prev: &ReasonTotals) -> String {
@@ -18,6 +21,33 @@ pub fn report(now: &ReasonTotals, prev: &ReasonTotals) -> String {
         let _ = write!(s, " {}={}", reason.name(), c.packets);
     }
     s
+}
+
+/// New flows, packets and bytes per backend, summed over CPUs.
+pub fn backends(
+    map: &PerCpuArray<MapData, Traffic>,
+    names: &HashMap<u32, String>,
+) -> anyhow::Result<String> {
+    let mut rows: Vec<(&String, Traffic)> = Vec::new();
+    for (id, name) in names {
+        let mut t = Traffic::default();
+        for c in map.get(id, 0)?.iter() {
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+            t.new_flows += c.new_flows;
+        }
+        rows.push((name, t));
+    }
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    let mut s = String::from("backends:");
+    for (name, t) in rows {
+        let _ = write!(
+            s,
+            " {name} flows={} pkts={} bytes={}",
+            t.new_flows, t.packets, t.bytes
+        );
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -25,7 +25,11 @@ fn lab_without_apiservers() -> Lab {
 fn agent_attaches_counts_client_packets_and_detaches_cleanly() {
     let lab = lab_without_apiservers();
     let id = lab.id.clone();
-    let mut agent = lab.start_agent("lb1", &[]).expect("starting xdplb on lb1");
+    let vip = lab.vip().to_string();
+    let backend = format!("{}:6443", lab.host("api1").ip);
+    let mut agent = lab
+        .start_agent("lb1", &["--vip", &vip, "--backend", &backend])
+        .expect("starting xdplb on lb1");
 
     // Attached, per the kernel, and visible to bpftool.
     let prog_id = agent
@@ -185,7 +189,14 @@ fn fake_apiservers_answer_like_kube_apiservers() {
 fn bad_interface_is_named_in_the_error() {
     require_root();
     let out = Command::new(lab::bins::path("xdplb").unwrap())
-        .args(["--iface", "does-not-exist"])
+        .args([
+            "--iface",
+            "does-not-exist",
+            "--vip",
+            "10.0.0.100",
+            "--backend",
+            "10.0.0.1:6443",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -218,7 +229,14 @@ fn running_without_root_says_so() {
             "--inh-caps=-all",
         ])
         .arg(&bin)
-        .args(["--iface", "lo"])
+        .args([
+            "--iface",
+            "lo",
+            "--vip",
+            "10.0.0.100",
+            "--backend",
+            "10.0.0.1:6443",
+        ])
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
