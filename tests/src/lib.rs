@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod bins;
 pub mod client;
 pub mod netns;
+pub mod objects;
 pub mod packets;
 pub mod peer_xdp;
 pub mod proc;

@@ -34,6 +34,7 @@ const PREFIX: &str = "xl";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xdplb-lab";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+static AGENT_STARTS: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -100,6 +101,17 @@ impl Lab {
         let switch = Netns::create(&format!("{id}-sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
+        // With br_netfilter loaded, new namespaces default to passing bridged
+        // IPv4 through iptables, which validates headers and silently drops
+        // the malformed frames the tests send on purpose: a switch must not.
+        if std::path::Path::new("/proc/sys/net/bridge").exists() {
+            for table in ["iptables", "ip6tables", "arptables"] {
+                switch.exec(
+                    "sysctl",
+                    &["-qw", &format!("net.bridge.bridge-nf-call-{table}=0")],
+                )?;
+            }
+        }
         let mut lab = Lab {
             id,
             net,
@@ -195,7 +207,12 @@ impl Lab {
         Agent::start(AgentOptions {
             host: self.host(host),
             pin_dir: self.pin_dir(host),
-            log: self.run_dir.join(format!("{host}-xdplb.log")),
+            // A log per start: a restarted agent must not erase the log of
+            // the one it replaced.
+            log: self.run_dir.join(format!(
+                "{host}-xdplb-{}.log",
+                AGENT_STARTS.fetch_add(1, Ordering::Relaxed)
+            )),
             args: args.iter().map(|s| s.to_string()).collect(),
         })
     }

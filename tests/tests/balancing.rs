@@ -10,7 +10,6 @@ use std::{
     future::Future,
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -38,8 +37,6 @@ const NAT_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
 /// client's connections close and the lab removes the namespaces.
 struct Bed {
     agent: Agent,
-    /// The XDP_PASS link on lb1's switch port, if this file attached it.
-    _switch_port_xdp: Option<OwnedFd>,
     client: NsRuntime,
     /// The agent's arguments, to start it again.
     args: Vec<String>,
@@ -65,13 +62,10 @@ impl Bed {
     }
 
     fn with_args(lab: Lab, args: Vec<String>) -> Bed {
-        bridge_without_netfilter(&lab);
-        let switch_port_xdp = xdp_pass_on_switch_port(&lab, "lb1");
         let agent = start_agent(&lab, &args);
         let client = NsRuntime::new(lab.host("client"));
         Bed {
             agent,
-            _switch_port_xdp: switch_port_xdp,
             client,
             args,
             lab,
@@ -125,114 +119,6 @@ fn start_agent(lab: &Lab, args: &[String]) -> Agent {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     lab.start_agent("lb1", &refs)
         .unwrap_or_else(|e| panic!("starting xdplb on lb1 with {args:?}: {e:#}"))
-}
-
-/// Makes the lab's bridge forward frames as a switch would, malformed IPv4
-/// included: with br_netfilter in the kernel, `bridge-nf-call-iptables`
-/// (1 in every new namespace) makes the bridge validate IPv4 headers and
-/// silently drop IHL < 5, a total length past the frame and bad header
-/// checksums before lb1 ever sees them. Belongs in the topology.
-fn bridge_without_netfilter(lab: &Lab) {
-    let switch = format!("{}-sw", lab.id);
-    if !Path::new("/proc/sys/net/bridge").exists() {
-        return; // No br_netfilter: the bridge does not look at IPv4.
-    }
-    for table in ["iptables", "ip6tables", "arptables"] {
-        let key = format!("net.bridge.bridge-nf-call-{table}=0");
-        lab::netns::run(lab::netns::command_in(&switch, "sysctl").args(["-qw", &key]))
-            .unwrap_or_else(|e| panic!("sysctl {key} in {switch}: {e:#}"));
-    }
-}
-
-/// Makes native-mode XDP_TX work on the lab's veth pairs.
-///
-/// veth hands a frame that XDP_TX sends back out of `eth0` straight to its
-/// peer's XDP ring, which exists only while the peer (the switch port
-/// `p-<host>`) runs an XDP program itself; without one the kernel drops the
-/// frame silently (`ethtool -S`: `rx_queue_0_xdp_tx` grows, nothing
-/// arrives). A NIC has no such requirement, so the lab stands in for one
-/// with a two-instruction XDP_PASS program on the switch side. (Enabling
-/// GRO on the port, the other documented way to give it a ring, lost TLS
-/// data in our runs on 6.18.)
-///
-/// Belongs in the topology; until it is there, tests attach it here. If the
-/// port already runs an XDP program nothing is done.
-fn xdp_pass_on_switch_port(lab: &Lab, host: &str) -> Option<OwnedFd> {
-    let switch = format!("{}-sw", lab.id);
-    let port = format!("p-{host}");
-    let show = lab::netns::run(
-        std::process::Command::new("ip").args(["-n", &switch, "-d", "link", "show", "dev", &port]),
-    )
-    .unwrap_or_else(|e| panic!("looking at {port} in {switch}: {e:#}"));
-    if show.contains("prog/xdp") {
-        return None;
-    }
-    let ns = fs::File::open(format!("/var/run/netns/{switch}"))
-        .unwrap_or_else(|e| panic!("opening netns {switch}: {e}"));
-    let fd = thread::spawn(move || -> std::io::Result<OwnedFd> {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        attach_xdp_pass(&port)
-    })
-    .join()
-    .expect("the thread attaching XDP_PASS panicked")
-    .unwrap_or_else(|e| panic!("attaching XDP_PASS to {host}'s switch port: {e}"));
-    Some(fd)
-}
-
-/// Loads `r0 = XDP_PASS; exit` and links it to `ifname` (native mode) in
-/// the calling thread's namespace. The program lives as long as the link fd.
-fn attach_xdp_pass(ifname: &str) -> std::io::Result<OwnedFd> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_XDP: u32 = 37;
-    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-    const XDP_PASS: u8 = 2;
-    // mov64 r0, XDP_PASS; exit
-    let insns: [[u8; 8]; 2] = [
-        [0xb7, 0, 0, 0, XDP_PASS, 0, 0, 0],
-        [0x95, 0, 0, 0, 0, 0, 0, 0],
-    ];
-    let license = c"GPL";
-    let name = std::ffi::CString::new(ifname)?;
-
-    fn put(attr: &mut [u8], at: usize, bytes: &[u8]) {
-        attr[at..at + bytes.len()].copy_from_slice(bytes);
-    }
-    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<OwnedFd> {
-        // SAFETY: attr is a zero-padded bpf_attr of the given size whose
-        // pointers outlive the call.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd the kernel just gave us.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
-
-    // SAFETY: the name is NUL-terminated.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
-    // ..., prog_name at 48.
-    let mut attr = [0u64; 16];
-    let a = bytemuck::bytes_of_mut(&mut attr);
-    put(a, 0, &BPF_PROG_TYPE_XDP.to_ne_bytes());
-    put(a, 4, &(insns.len() as u32).to_ne_bytes());
-    put(a, 8, &(insns.as_ptr() as u64).to_ne_bytes());
-    put(a, 16, &(license.as_ptr() as u64).to_ne_bytes());
-    put(a, 48, b"lab_xdp_pass");
-    let prog = bpf(BPF_PROG_LOAD, &mut attr)?;
-    // BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags.
-    let mut attr = [0u64; 16];
-    let a = bytemuck::bytes_of_mut(&mut attr);
-    put(a, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
-    put(a, 4, &ifindex.to_ne_bytes());
-    put(a, 8, &BPF_XDP.to_ne_bytes());
-    put(a, 12, &XDP_FLAGS_DRV_MODE.to_ne_bytes());
-    bpf(BPF_LINK_CREATE, &mut attr)
 }
 
 /// A tokio runtime whose worker threads were spawned inside a lab
@@ -611,7 +497,7 @@ fn long_lived_connection_survives_kill_9_and_restart() {
     assert_eq!(first.status, 200, "first GET: {first:?}");
     let backend = first.backend.clone();
 
-    // Several GETs spread over `secs`, each must be the same full answer.
+    // `rounds` GETs 100 ms apart, each must be the same full answer.
     let check = |bed: &Bed, mut conn: Conn, when: &str, rounds: usize| -> Conn {
         for i in 0..rounds {
             let (c, r) = bed.get(conn, "/version");

@@ -1,0 +1,1467 @@
+//! The XDP program on its own, table-driven through BPF_PROG_TEST_RUN
+//! (katran's test fixtures, cilium's PKTGEN/SETUP/CHECK tests): each case is
+//! an input frame, the verdict and reason the program must give, and the
+//! frame it must leave behind, compared byte for byte.
+//!
+//! Every test loads its own copy of xdplb, with the maps pinned in a
+//! directory of its own on bpffs (removed on drop), fills the maps the way
+//! the agent's reconciler does, and runs on a thread in a network namespace
+//! of its own, which vanishes with the thread. In that namespace one veth
+//! end, `lb0`, holds the LB's address 10.0.0.2/24, IPv4 forwarding is on,
+//! and the client and the backends have permanent neighbour entries. The
+//! test runs name lb0 as the ingress interface (`xdp_md.ingress_ifindex` in
+//! `ctx_in`, kernel 5.12+, resolved in the caller's namespace), so the
+//! program's `bpf_fib_lookup` routes in that namespace as on a node: a NATed
+//! packet comes back `XDP_TX` with lb0's MAC as source and the neighbour's
+//! as destination. Without an ingress interface the kernel runs the program
+//! on the namespace's loopback device, where the lookup answers with another
+//! interface and the program passes the rewritten packet to the kernel.
+//!
+//! Needs root (BPF, namespaces), like the lab tests.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use bytemuck::{Pod, Zeroable};
+use lab::{
+    objects::XDPLB_OBJECT,
+    packets::{FrameBuilder, IPOPT_NOP},
+    require_root,
+};
+use lb_common::{
+    csum::{checksum, fold, pseudo_header_sum, sum},
+    flow::{DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_SYN, flow_hash},
+    maglev::{MaglevBackend, build_table},
+    maps,
+    service::{
+        BACKEND_LOCAL, Backend, CONFIG_ACTIVE, DataplaneConfig, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+        Service, ServiceKey,
+    },
+    stats::{Counter, Reason, ReasonTotals},
+    wire::{ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_SYN},
+};
+use nix::sched::{CloneFlags, unshare};
+
+// ---------------------------------------------------------------------------
+// The node under test: addresses, services, backends.
+
+type Mac = [u8; 6];
+
+/// lb0's address: the node's own, and the SNAT source towards backends.
+const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const CLIENT_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+
+const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
+const CLIENT_B_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+
+/// The backends' addresses and MACs (the namespace's neighbour entries).
+const BACKEND_HOSTS: [(Ipv4Addr, Mac); 3] = [
+    (Ipv4Addr::new(10, 0, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
+    (Ipv4Addr::new(10, 0, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
+    (Ipv4Addr::new(10, 0, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
+];
+
+/// The TCP service: VIP:6443 → backends :6443 (ids 0, 1, 2).
+const API_PORT: u16 = 6443;
+/// The UDP service: VIP:53 → backends :5353 (ids 3, 4, 5), a port change,
+/// so the destination port rewrite is exercised too.
+const DNS_PORT: u16 = 53;
+const DNS_BACKEND_PORT: u16 = 5353;
+
+const NAT_PORT_MIN: u16 = 20000;
+const NAT_PORT_MAX: u16 = 29999;
+/// The smallest Maglev size, to keep the maps small.
+const TABLE_SIZE: u32 = 251;
+const MAX_FLOWS: u32 = 4096;
+
+const TCP_SERVICE: ServiceKey = ServiceKey {
+    vip: VIP.octets(),
+    port: API_PORT.to_be_bytes(),
+    proto: PROTO_TCP,
+    _pad: 0,
+};
+const UDP_SERVICE: ServiceKey = ServiceKey {
+    vip: VIP.octets(),
+    port: DNS_PORT.to_be_bytes(),
+    proto: PROTO_UDP,
+    _pad: 0,
+};
+
+const ACTIVE: DataplaneConfig = DataplaneConfig {
+    snat_ip: SNAT.octets(),
+    nat_port_min: NAT_PORT_MIN,
+    nat_port_max: NAT_PORT_MAX,
+    flags: CONFIG_ACTIVE,
+    _pad: 0,
+};
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+fn mac_of_backend(ip: Ipv4Addr) -> Mac {
+    BACKEND_HOSTS
+        .iter()
+        .find(|(a, _)| *a == ip)
+        .map(|(_, m)| *m)
+        .unwrap_or_else(|| panic!("{ip} is not a backend of the test node"))
+}
+
+// ---------------------------------------------------------------------------
+// Frames.
+
+/// Who sends a frame to whom, at both layers.
+#[derive(Clone, Copy, Debug)]
+struct Wire {
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+}
+
+fn wire(src_mac: Mac, src: SocketAddrV4, dst_mac: Mac, dst: SocketAddrV4) -> Wire {
+    Wire {
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+    }
+}
+
+impl Wire {
+    fn tcp(self) -> FrameBuilder {
+        FrameBuilder::tcp(self.src_mac, self.dst_mac, self.src, self.dst)
+    }
+    fn udp(self) -> FrameBuilder {
+        FrameBuilder::udp(self.src_mac, self.dst_mac, self.src, self.dst)
+    }
+}
+
+/// TCP option MSS 1460: with it the header is 24 bytes (data offset 6).
+const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
+/// IP option Router Alert (RFC 2113), 4 bytes.
+const IPOPT_ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0, 0];
+const CLIENT_ISN: u32 = 0x6b8b_4567;
+const SERVER_ISN: u32 = 0x327b_23c6;
+
+/// A client's SYN with an MSS option.
+fn syn(w: Wire) -> FrameBuilder {
+    w.tcp()
+        .ip_id(0x1c46)
+        .seq(CLIENT_ISN)
+        .tcp_data_offset(6)
+        .payload(&MSS_1460)
+}
+
+/// The backend's SYN-ACK.
+fn syn_ack(w: Wire) -> FrameBuilder {
+    w.tcp()
+        .flags(TCP_SYN | TCP_ACK)
+        .ip_id(0)
+        .seq(SERVER_ISN)
+        .ack(CLIENT_ISN + 1)
+        .tcp_data_offset(6)
+        .payload(&MSS_1460)
+}
+
+/// The client's first data segment.
+fn request(w: Wire) -> FrameBuilder {
+    w.tcp()
+        .flags(TCP_ACK | TCP_PSH)
+        .ip_id(0x1c47)
+        .seq(CLIENT_ISN + 1)
+        .ack(SERVER_ISN + 1)
+        .payload(b"GET /healthz HTTP/1.1\r\nHost: 10.0.0.100\r\n\r\n")
+}
+
+/// A DNS-sized datagram.
+fn datagram(w: Wire) -> FrameBuilder {
+    w.udp().ip_id(0x5151).payload(
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
+    )
+}
+
+/// Where the L4 header starts (after the IPv4 header and its options).
+fn l4_offset(frame: &[u8]) -> usize {
+    ETH_HDR_LEN + usize::from(frame[ETH_HDR_LEN] & 0x0f) * 4
+}
+
+/// The frame with its UDP checksum set to 0, "none" (RFC 768); the IPv4
+/// header checksum does not cover it.
+fn without_udp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let at = l4_offset(&frame) + 6;
+    frame[at..at + 2].fill(0);
+    frame
+}
+
+/// The frame padded with zeros to Ethernet's 60-byte minimum, as a NIC
+/// delivers a short frame: the IPv4 total length ends before the frame.
+fn padded(mut frame: Vec<u8>) -> Vec<u8> {
+    frame.resize(frame.len().max(60), 0);
+    frame
+}
+
+fn ports_of(frame: &[u8]) -> (u16, u16) {
+    let at = l4_offset(frame);
+    (
+        u16::from_be_bytes([frame[at], frame[at + 1]]),
+        u16::from_be_bytes([frame[at + 2], frame[at + 3]]),
+    )
+}
+
+fn eth(dst: Mac, src: Mac, ether_type: u16) -> Vec<u8> {
+    [&dst[..], &src[..], &ether_type.to_be_bytes()[..]].concat()
+}
+
+/// An ICMP echo request from the client to lb0.
+fn icmp_echo() -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(b"ping");
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c);
+    let tot = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 7, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    ip.extend_from_slice(&CLIENT.octets());
+    ip.extend_from_slice(&SNAT.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c);
+    [eth(LB_MAC, CLIENT_MAC, ETH_P_IP), ip, icmp].concat()
+}
+
+/// The client asking who has the VIP.
+fn arp_request() -> Vec<u8> {
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&CLIENT.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP.octets());
+    [eth([0xff; 6], CLIENT_MAC, ETH_P_ARP), arp].concat()
+}
+
+/// An IPv6 UDP datagram, link-local to link-local.
+fn ipv6_datagram() -> Vec<u8> {
+    let mut ip6 = vec![0x60, 0, 0, 0, 0, 12, 17, 64];
+    ip6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+    ip6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02]);
+    let udp = [0x9c, 0x40, 0x19, 0x2b, 0, 12, 0, 0, b'p', b'i', b'n', b'g'];
+    [eth(LB_MAC, CLIENT_MAC, ETH_P_IPV6), ip6, udp.to_vec()].concat()
+}
+
+/// The client's SYN to the VIP in an 802.1Q tag.
+fn vlan_tagged_syn() -> Vec<u8> {
+    let inner = syn(client_to_vip(40100)).build();
+    let mut f = eth(LB_MAC, CLIENT_MAC, 0x8100);
+    f.extend_from_slice(&[0, 42]);
+    f.extend_from_slice(&inner[12..]);
+    f
+}
+
+/// client:port → VIP:6443, as it arrives on lb0.
+fn client_to_vip(port: u16) -> Wire {
+    wire(CLIENT_MAC, addr(CLIENT, port), LB_MAC, addr(VIP, API_PORT))
+}
+
+// ---------------------------------------------------------------------------
+// Cases.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+}
+
+impl Action {
+    fn from_xdp(v: u32) -> Result<Action, u32> {
+        Ok(match v {
+            0 => Action::Aborted,
+            1 => Action::Drop,
+            2 => Action::Pass,
+            3 => Action::Tx,
+            4 => Action::Redirect,
+            other => return Err(other),
+        })
+    }
+}
+
+enum Out {
+    /// The frame leaves exactly as it came (pass, drop).
+    Unchanged,
+    /// Exactly this frame.
+    Frame(Vec<u8>),
+    /// A new flow's first packet: the NAT source port is the program's
+    /// choice, so it must lie in CONFIG's NAT range, and then the frame
+    /// must be exactly `expected(port)`.
+    NewFlow(Box<dyn Fn(u16) -> Vec<u8>>),
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    action: Action,
+    reason: Reason,
+    out: Out,
+}
+
+impl Case {
+    fn new(name: &'static str, input: Vec<u8>, action: Action, reason: Reason, out: Out) -> Self {
+        Case {
+            name,
+            input,
+            action,
+            reason,
+            out,
+        }
+    }
+    fn pass(name: &'static str, input: Vec<u8>, reason: Reason) -> Self {
+        Case::new(name, input, Action::Pass, reason, Out::Unchanged)
+    }
+    fn drop(name: &'static str, input: Vec<u8>, reason: Reason) -> Self {
+        Case::new(name, input, Action::Drop, reason, Out::Unchanged)
+    }
+}
+
+/// A NATed client → VIP packet of a new flow: `template` applied to
+/// SNAT:<the program's port> → `backend`, from lb0 to the backend's MAC.
+fn new_flow_to(backend: SocketAddrV4, template: impl Fn(Wire) -> Vec<u8> + 'static) -> Out {
+    let mac = mac_of_backend(*backend.ip());
+    Out::NewFlow(Box::new(move |port| {
+        template(wire(LB_MAC, addr(SNAT, port), mac, backend))
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// The loaded program, its maps, and running cases.
+
+/// A bpffs directory for one test's pins, removed (pins and all) on drop.
+struct PinDir {
+    path: PathBuf,
+}
+
+const PIN_PREFIX: &str = "xdplb-dataplane-test-";
+
+impl PinDir {
+    fn create() -> PinDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        remove_stale_pin_dirs();
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{pid}-{n}"));
+        fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating the pin directory {}: {e}", path.display()));
+        PinDir { path }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Pin directories of test processes that were killed before their guards
+/// ran (the process id in the name no longer exists).
+fn remove_stale_pin_dirs() {
+    let Ok(dir) = fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PIN_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !pid.is_empty() && !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Runs `f` on a new thread in a network namespace of its own; the namespace
+/// and its interfaces go away when the thread ends. Commands spawned from
+/// the thread run in its namespace (fork copies the calling thread's).
+fn in_own_netns<T: Send + 'static>(test: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    require_root();
+    thread::Builder::new()
+        .name(test.to_owned())
+        .spawn(move || {
+            let host_ns = fs::read_link("/proc/thread-self/ns/net");
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            let own_ns = fs::read_link("/proc/thread-self/ns/net");
+            assert_ne!(
+                host_ns.ok(),
+                own_ns.ok(),
+                "the test thread is still in the host's network namespace"
+            );
+            f()
+        })
+        .expect("spawning the test thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn mac_str(mac: Mac) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// lb0 with the node's address, forwarding on, neighbours resolved. Returns
+/// lb0's ifindex.
+fn setup_network() -> u32 {
+    let ip = |args: &[&str]| {
+        lab::netns::run(Command::new("ip").args(args))
+            .unwrap_or_else(|e| panic!("setting up the test namespace: {e:#}"));
+    };
+    let lb_mac = mac_str(LB_MAC);
+    ip(&[
+        "link", "add", "lb0", "address", &lb_mac, "type", "veth", "peer", "name", "peer0",
+    ]);
+    ip(&["addr", "add", &format!("{SNAT}/24"), "dev", "lb0"]);
+    ip(&["link", "set", "lb0", "up"]);
+    ip(&["link", "set", "peer0", "up"]);
+    let hosts = [(CLIENT, CLIENT_MAC), (CLIENT_B, CLIENT_B_MAC)]
+        .into_iter()
+        .chain(BACKEND_HOSTS);
+    for (host, mac) in hosts {
+        ip(&[
+            "neigh",
+            "add",
+            &host.to_string(),
+            "lladdr",
+            &mac_str(mac),
+            "dev",
+            "lb0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    // bpf_fib_lookup answers BPF_FIB_LKUP_RET_FWD_DISABLED without it.
+    fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling IPv4 forwarding");
+    nix::net::if_::if_nametoindex("lb0").expect("lb0's ifindex")
+}
+
+/// `struct xdp_md`, the context BPF_PROG_TEST_RUN takes for XDP.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+struct Dataplane {
+    ebpf: Ebpf,
+    ifindex: u32,
+    _pins: PinDir,
+}
+
+impl Dataplane {
+    /// xdplb loaded (not attached) in this thread's namespace, with the maps
+    /// as the agent writes them for the two services.
+    fn start() -> Dataplane {
+        let ifindex = setup_network();
+        let pins = PinDir::create();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.path)
+            .map_max_entries(maps::FLOWS, MAX_FLOWS)
+            .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * TABLE_SIZE)
+            .load(XDPLB_OBJECT)
+            .unwrap_or_else(|e| panic!("loading xdplb (pins in {}): {e}", pins.path.display()));
+        let prog: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .expect("no program xdplb in the object")
+            .try_into()
+            .expect("xdplb is not an XDP program");
+        prog.load().expect("the kernel rejected xdplb");
+        let mut dp = Dataplane {
+            ebpf,
+            ifindex,
+            _pins: pins,
+        };
+        dp.set_config(ACTIVE);
+        // As Reconciler::apply writes them: backends, then each service's
+        // table into region 0 of its two, then the service.
+        for (service_id, key, port) in [
+            (0, TCP_SERVICE, API_PORT),
+            (1, UDP_SERVICE, DNS_BACKEND_PORT),
+        ] {
+            let first_id = service_id * 3;
+            let members: Vec<MaglevBackend> = BACKEND_HOSTS
+                .iter()
+                .enumerate()
+                .map(|(i, (ip, _))| {
+                    let id = first_id + i as u32;
+                    dp.set_backend(
+                        id,
+                        Backend {
+                            ip: ip.octets(),
+                            port: port.to_be_bytes(),
+                            flags: 0,
+                            _pad: 0,
+                        },
+                    );
+                    MaglevBackend {
+                        key: MaglevBackend::ipv4_key(ip.octets(), port.to_be_bytes()),
+                        weight: 1,
+                        id,
+                    }
+                })
+                .collect();
+            let base = service_id * 2 * TABLE_SIZE;
+            dp.set_maglev(base, &build_table(&members, TABLE_SIZE));
+            dp.set_service(
+                key,
+                Service {
+                    id: service_id,
+                    table_base: base,
+                    table_size: TABLE_SIZE,
+                    flags: 0,
+                },
+            );
+        }
+        dp
+    }
+
+    fn map(&self, name: &str) -> &Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("no map {name} in xdplb"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("no map {name} in xdplb"))
+    }
+
+    fn set_config(&mut self, config: DataplaneConfig) {
+        let mut m: Array<_, DataplaneConfig> = self.map_mut(maps::CONFIG).try_into().unwrap();
+        m.set(0, config, 0).expect("writing CONFIG");
+    }
+
+    fn config(&self) -> DataplaneConfig {
+        let m: Array<_, DataplaneConfig> = self.map(maps::CONFIG).try_into().unwrap();
+        m.get(&0, 0).expect("reading CONFIG")
+    }
+
+    fn set_backend(&mut self, id: u32, backend: Backend) {
+        let mut m: Array<_, Backend> = self.map_mut(maps::BACKENDS).try_into().unwrap();
+        m.set(id, backend, 0)
+            .unwrap_or_else(|e| panic!("writing backend {id}: {e}"));
+    }
+
+    fn set_maglev(&mut self, base: u32, table: &[u32]) {
+        let mut m: Array<_, u32> = self.map_mut(maps::MAGLEV).try_into().unwrap();
+        for (i, &id) in table.iter().enumerate() {
+            m.set(base + i as u32, id, 0)
+                .expect("writing a Maglev slot");
+        }
+    }
+
+    fn set_service(&mut self, key: ServiceKey, service: Service) {
+        let mut m: BpfHashMap<_, ServiceKey, Service> =
+            self.map_mut(maps::SERVICES).try_into().unwrap();
+        m.insert(key, service, 0).expect("writing a service");
+    }
+
+    /// The backend the program must pick for a new flow `src → dst`: the
+    /// service's Maglev slot for the flow's hash, as the maps hold them.
+    fn maglev_choice(
+        &self,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        proto: u8,
+    ) -> (u32, SocketAddrV4) {
+        let services: BpfHashMap<_, ServiceKey, Service> =
+            self.map(maps::SERVICES).try_into().unwrap();
+        let key = ServiceKey {
+            vip: dst.ip().octets(),
+            port: dst.port().to_be_bytes(),
+            proto,
+            _pad: 0,
+        };
+        let svc = services.get(&key, 0).expect("the service of the flow");
+        let hash = flow_hash(
+            src.ip().octets(),
+            dst.ip().octets(),
+            src.port().to_be_bytes(),
+            dst.port().to_be_bytes(),
+            proto,
+        );
+        let maglev: Array<_, u32> = self.map(maps::MAGLEV).try_into().unwrap();
+        let id = maglev
+            .get(&(svc.table_base + hash % svc.table_size), 0)
+            .unwrap();
+        let backends: Array<_, Backend> = self.map(maps::BACKENDS).try_into().unwrap();
+        let b = backends.get(&id, 0).unwrap();
+        (id, addr(Ipv4Addr::from(b.ip), u16::from_be_bytes(b.port)))
+    }
+
+    fn reasons(&self) -> ReasonTotals {
+        let m: PerCpuArray<_, Counter> = self.map(maps::REASON_STATS).try_into().unwrap();
+        ReasonTotals::read(&m).expect("reading REASON_STATS")
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        let m: BpfHashMap<_, FlowKey, Flow> = self.map(maps::FLOWS).try_into().unwrap();
+        m.iter().collect::<Result<_, _>>().expect("reading FLOWS")
+    }
+
+    /// One BPF_PROG_TEST_RUN of `frame` arriving on lb0: the program's return
+    /// value and the frame as it left the program.
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &Xdp = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let meta = 0usize;
+        let mut data_in = frame.to_vec();
+        data_in.resize(data_in.len().max(ETH_HDR_LEN), 0);
+        let ctx = XdpMd {
+            data: meta as u32,
+            data_end: frame.len() as u32,
+            ingress_ifindex: self.ifindex,
+            ..XdpMd::zeroed()
+        };
+        let mut data_out = vec![0u8; 4096];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&data_in),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(bytemuck::bytes_of(&ctx)),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {e:?}", frame.len()));
+        data_out.truncate(result.data_size_out as usize);
+        // The output starts at the metadata too.
+        (
+            result.return_value,
+            data_out.split_off(meta.min(data_out.len())),
+        )
+    }
+
+    /// Runs `case`, panicking with everything that differs; returns the
+    /// output frame.
+    fn check(&self, case: &Case) -> Vec<u8> {
+        let before = self.reasons();
+        let (ret, out) = self.run(&case.input);
+        let after = self.reasons();
+        let mut problems = Vec::new();
+
+        let action = Action::from_xdp(ret);
+        if action != Ok(case.action) {
+            problems.push(format!(
+                "verdict: expected XDP_{:?}, got {}",
+                case.action,
+                match action {
+                    Ok(a) => format!("XDP_{a:?}"),
+                    Err(v) => format!("return value {v}"),
+                }
+            ));
+        }
+
+        let moved = moved(&before, &after);
+        let want = [(
+            case.reason,
+            Counter {
+                packets: 1,
+                bytes: case.input.len() as u64,
+            },
+        )];
+        if moved != want {
+            problems.push(format!(
+                "reason counters: expected {}, got {}",
+                show_moved(&want),
+                show_moved(&moved)
+            ));
+        }
+
+        let expected = match &case.out {
+            Out::Unchanged => Some(case.input.clone()),
+            Out::Frame(f) => Some(f.clone()),
+            Out::NewFlow(f) => {
+                let range = {
+                    let c = self.config();
+                    c.nat_port_min..=c.nat_port_max
+                };
+                if out.len() < l4_offset(&case.input) + 4 {
+                    problems.push(format!("output is only {} bytes", out.len()));
+                    None
+                } else {
+                    let (port, _) = ports_of(&out);
+                    if !range.contains(&port) {
+                        problems.push(format!(
+                            "NAT source port {port} is outside the NAT range {range:?}"
+                        ));
+                    }
+                    Some(f(port))
+                }
+            }
+        };
+        if let Some(expected) = expected {
+            if out != expected {
+                problems.push(format!(
+                    "output frame differs ({} bytes expected, {} got; fields: {}):\n{}",
+                    expected.len(),
+                    out.len(),
+                    differing_fields(&expected, &out).join(", "),
+                    hex_diff(&expected, &out)
+                ));
+            }
+        }
+        if case.action == Action::Tx {
+            if let Err(e) = verify_checksums(&out) {
+                problems.push(e);
+            }
+        }
+
+        if !problems.is_empty() {
+            panic!(
+                "case {:?} (input {} bytes):\n  {}",
+                case.name,
+                case.input.len(),
+                problems.join("\n  ")
+            );
+        }
+        out
+    }
+
+    fn check_all(&self, cases: &[Case]) {
+        for case in cases {
+            self.check(case);
+        }
+    }
+}
+
+/// The reasons whose counters changed, and by how much.
+fn moved(before: &ReasonTotals, after: &ReasonTotals) -> Vec<(Reason, Counter)> {
+    Reason::ALL
+        .iter()
+        .map(|&r| {
+            let (b, a) = (before.get(r), after.get(r));
+            (
+                r,
+                Counter {
+                    packets: a.packets - b.packets,
+                    bytes: a.bytes - b.bytes,
+                },
+            )
+        })
+        .filter(|(_, c)| c.packets != 0 || c.bytes != 0)
+        .collect()
+}
+
+fn show_moved(m: &[(Reason, Counter)]) -> String {
+    if m.is_empty() {
+        return "no counter moved".into();
+    }
+    m.iter()
+        .map(|(r, c)| format!("{} +{} ({} bytes)", r.name(), c.packets, c.bytes))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Both checksums of an IPv4 TCP/UDP frame verify (recomputed from scratch
+/// with lb_common::csum); a UDP checksum of 0 means "none" and passes.
+fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let l4 = l4_offset(frame);
+    let ip = &frame[ETH_HDR_LEN..l4];
+    if checksum(ip) != [0, 0] {
+        return Err(format!("IPv4 header checksum does not verify: {ip:02x?}"));
+    }
+    let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let segment = &frame[l4..ETH_HDR_LEN + tot];
+    let proto = ip[9];
+    if proto == PROTO_UDP && segment[6..8] == [0, 0] {
+        return Ok(());
+    }
+    let src: [u8; 4] = ip[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    let pseudo = pseudo_header_sum(src, dst, proto, segment.len() as u16);
+    if !fold(sum(segment, pseudo)) != 0 {
+        return Err(format!("L4 (protocol {proto}) checksum does not verify"));
+    }
+    Ok(())
+}
+
+/// Names of the header fields (laid out as in `expected`) whose bytes differ.
+fn differing_fields(expected: &[u8], got: &[u8]) -> Vec<String> {
+    let mut fields: Vec<(&str, std::ops::Range<usize>)> =
+        vec![("eth.dst", 0..6), ("eth.src", 6..12), ("eth.type", 12..14)];
+    let ipv4 = expected.len() > ETH_HDR_LEN + 20 && expected[12..14] == ETH_P_IP.to_be_bytes();
+    let mut l4 = usize::MAX;
+    if ipv4 {
+        let e = ETH_HDR_LEN;
+        fields.extend([
+            ("ip.ver_ihl", e..e + 1),
+            ("ip.tos", e + 1..e + 2),
+            ("ip.tot_len", e + 2..e + 4),
+            ("ip.id", e + 4..e + 6),
+            ("ip.frag", e + 6..e + 8),
+            ("ip.ttl", e + 8..e + 9),
+            ("ip.proto", e + 9..e + 10),
+            ("ip.check", e + 10..e + 12),
+            ("ip.src", e + 12..e + 16),
+            ("ip.dst", e + 16..e + 20),
+        ]);
+        l4 = l4_offset(expected);
+        if l4 > e + 20 {
+            fields.push(("ip.options", e + 20..l4));
+        }
+        match expected[e + 9] {
+            PROTO_TCP => fields.extend([
+                ("tcp.sport", l4..l4 + 2),
+                ("tcp.dport", l4 + 2..l4 + 4),
+                ("tcp.seq", l4 + 4..l4 + 8),
+                ("tcp.ack", l4 + 8..l4 + 12),
+                ("tcp.doff", l4 + 12..l4 + 13),
+                ("tcp.flags", l4 + 13..l4 + 14),
+                ("tcp.window", l4 + 14..l4 + 16),
+                ("tcp.check", l4 + 16..l4 + 18),
+                ("tcp.urg", l4 + 18..l4 + 20),
+            ]),
+            PROTO_UDP => fields.extend([
+                ("udp.sport", l4..l4 + 2),
+                ("udp.dport", l4 + 2..l4 + 4),
+                ("udp.len", l4 + 4..l4 + 6),
+                ("udp.check", l4 + 6..l4 + 8),
+            ]),
+            _ => {}
+        }
+    }
+    let covered = fields.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+    let n = expected.len().max(got.len());
+    let mut names: Vec<String> = fields
+        .into_iter()
+        .filter(|(_, r)| r.clone().any(|i| expected.get(i) != got.get(i)))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if (covered..n).any(|i| expected.get(i) != got.get(i)) {
+        names.push(if ipv4 && l4 != usize::MAX {
+            "payload".into()
+        } else {
+            "rest".into()
+        });
+    }
+    names
+}
+
+/// The two frames, 16 bytes a line like `xxd`: equal lines once, differing
+/// lines as `-` expected / `+` got with the differing bytes marked.
+fn hex_diff(expected: &[u8], got: &[u8]) -> String {
+    let hex = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let line = |f: &[u8], off: usize| f.get(off..(off + 16).min(f.len())).unwrap_or(&[]).to_vec();
+    let mut s = String::new();
+    for off in (0..expected.len().max(got.len())).step_by(16) {
+        let (e, g) = (line(expected, off), line(got, off));
+        if e == g {
+            let _ = writeln!(s, "      {off:04x}  {}", hex(&e));
+            continue;
+        }
+        let marks: String = (0..e.len().max(g.len()))
+            .map(|i| if e.get(i) == g.get(i) { "   " } else { "^^ " })
+            .collect();
+        let _ = writeln!(s, "    - {off:04x}  {}", hex(&e));
+        let _ = writeln!(s, "    + {off:04x}  {}", hex(&g));
+        let _ = writeln!(s, "            {}", marks.trim_end());
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Flow table expectations.
+
+fn flow_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> FlowKey {
+    FlowKey {
+        src: src.ip().octets(),
+        dst: dst.ip().octets(),
+        sport: src.port().to_be_bytes(),
+        dport: dst.port().to_be_bytes(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// One NATed connection `client → vip` via `snat → backend`.
+struct Connection {
+    client: SocketAddrV4,
+    vip: SocketAddrV4,
+    snat: SocketAddrV4,
+    backend: SocketAddrV4,
+    backend_id: u32,
+    service: u32,
+    proto: u8,
+}
+
+impl Connection {
+    /// Its two FLOWS entries, `last_seen_ns` left 0, with the TCP flags
+    /// each direction has seen.
+    fn flows(&self, forward_seen: u8, reply_seen: u8) -> Vec<(FlowKey, Flow)> {
+        let flow = |new_src: SocketAddrV4, new_dst: SocketAddrV4, seen, dir| Flow {
+            last_seen_ns: 0,
+            new_src: new_src.ip().octets(),
+            new_dst: new_dst.ip().octets(),
+            new_sport: new_src.port().to_be_bytes(),
+            new_dport: new_dst.port().to_be_bytes(),
+            backend: self.backend_id,
+            service: self.service,
+            tcp_seen: seen,
+            dir,
+            flags: 0,
+            _pad: 0,
+        };
+        vec![
+            (
+                flow_key(self.client, self.vip, self.proto),
+                flow(self.snat, self.backend, forward_seen, DIR_FORWARD),
+            ),
+            (
+                flow_key(self.backend, self.snat, self.proto),
+                flow(self.vip, self.client, reply_seen, DIR_REPLY),
+            ),
+        ]
+    }
+}
+
+fn show_flow((k, f): &(FlowKey, Flow)) -> String {
+    let a = |ip: [u8; 4], port: [u8; 2]| addr(ip.into(), u16::from_be_bytes(port));
+    format!(
+        "{} → {} /{} ⇒ {} → {} backend {} service {} seen {:#06b} dir {} flags {} last_seen {}",
+        a(k.src, k.sport),
+        a(k.dst, k.dport),
+        k.proto,
+        a(f.new_src, f.new_sport),
+        a(f.new_dst, f.new_dport),
+        f.backend,
+        f.service,
+        f.tcp_seen,
+        f.dir,
+        f.flags,
+        f.last_seen_ns
+    )
+}
+
+/// FLOWS holds exactly `expected` (whose `last_seen_ns` is ignored, but
+/// must be set in the map).
+fn assert_flows(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
+    let got = dp.flows();
+    let stamped = got.iter().all(|(_, f)| f.last_seen_ns != 0);
+    let sorted = |v: &[(FlowKey, Flow)]| {
+        let mut v: Vec<(FlowKey, Flow)> = v
+            .iter()
+            .map(|&(k, f)| {
+                (
+                    k,
+                    Flow {
+                        last_seen_ns: 0,
+                        ..f
+                    },
+                )
+            })
+            .collect();
+        v.sort_by_key(|(k, _)| bytemuck::bytes_of(k).to_vec());
+        v
+    };
+    let list = |v: &[(FlowKey, Flow)]| {
+        v.iter()
+            .map(|e| format!("\n    {}", show_flow(e)))
+            .collect::<String>()
+    };
+    assert!(
+        stamped && sorted(&got) == sorted(expected),
+        "FLOWS after {after}:\n  expected:{}\n  got:{}",
+        list(&sorted(expected)),
+        list(&got)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The tables.
+
+/// Rows 1-3: a TCP connection's SYN, its first data segment, and the
+/// backend's SYN-ACK, through the NAT both ways.
+#[test]
+fn tcp_connection_is_nated_both_ways() {
+    in_own_netns("tcp_connection_is_nated_both_ways", || {
+        let dp = Dataplane::start();
+        let client = addr(CLIENT, 40000);
+        let vip = addr(VIP, API_PORT);
+        let (backend_id, backend) = dp.maglev_choice(client, vip, PROTO_TCP);
+        let backend_mac = mac_of_backend(*backend.ip());
+
+        let out = dp.check(&Case::new(
+            "1 SYN client → VIP: new flow, NATed to the Maglev backend",
+            syn(client_to_vip(40000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            new_flow_to(backend, |w| syn(w).build()),
+        ));
+        let snat = addr(SNAT, ports_of(&out).0);
+        let conn = Connection {
+            client,
+            vip,
+            snat,
+            backend,
+            backend_id,
+            service: 0,
+            proto: PROTO_TCP,
+        };
+        assert_flows(&dp, "the SYN", &conn.flows(SEEN_SYN, 0));
+
+        dp.check(&Case::new(
+            "2 established: data segment → same backend, same NAT port",
+            request(client_to_vip(40000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
+        ));
+        assert_flows(&dp, "the data segment", &conn.flows(SEEN_SYN | SEEN_ACK, 0));
+
+        dp.check(&Case::new(
+            "3 reply: backend SYN-ACK → reverse NAT to VIP → client",
+            syn_ack(wire(backend_mac, backend, LB_MAC, snat)).build(),
+            Action::Tx,
+            Reason::TxReply,
+            Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_MAC, client)).build()),
+        ));
+        assert_flows(
+            &dp,
+            "the SYN-ACK",
+            &conn.flows(SEEN_SYN | SEEN_ACK, SEEN_SYN | SEEN_ACK),
+        );
+    });
+}
+
+/// Rows 4-5: what is not a service's nor a NATed flow's passes untouched.
+#[test]
+fn traffic_that_is_not_ours_passes_untouched() {
+    in_own_netns("traffic_that_is_not_ours_passes_untouched", || {
+        let dp = Dataplane::start();
+        let to_node = |port| wire(CLIENT_MAC, addr(CLIENT, 40000), LB_MAC, addr(SNAT, port));
+        let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
+        let backend_mac = BACKEND_HOSTS[0].1;
+        dp.check_all(&[
+            Case::pass(
+                "4 TCP to the node's own address (ssh)",
+                syn(to_node(22)).build(),
+                Reason::PassNotService,
+            ),
+            Case::pass(
+                "4 ICMP echo to the node",
+                icmp_echo(),
+                Reason::PassNotService,
+            ),
+            Case::pass("4 ARP request for the VIP", arp_request(), Reason::PassArp),
+            Case::pass("4 IPv6", ipv6_datagram(), Reason::PassIpv6),
+            Case::pass(
+                "4 VLAN-tagged SYN to the VIP",
+                vlan_tagged_syn(),
+                Reason::PassOtherEthertype,
+            ),
+            Case::pass(
+                "4 TCP to the VIP on a port that is no service",
+                syn(wire(CLIENT_MAC, addr(CLIENT, 40000), LB_MAC, addr(VIP, 22))).build(),
+                Reason::PassNotService,
+            ),
+            Case::pass(
+                "4 UDP to the TCP service's VIP:port",
+                datagram(wire(
+                    CLIENT_MAC,
+                    addr(CLIENT, 40000),
+                    LB_MAC,
+                    addr(VIP, API_PORT),
+                ))
+                .build(),
+                Reason::PassNotService,
+            ),
+            Case::pass(
+                "5 reply-looking SYN-ACK to a NAT port with no flow",
+                syn_ack(wire(backend_mac, backend, LB_MAC, addr(SNAT, 25000))).build(),
+                Reason::PassNotService,
+            ),
+        ]);
+        assert_flows(&dp, "traffic that is not ours", &[]);
+    });
+}
+
+/// Row 6: malformed packets, to the VIP unless said otherwise.
+#[test]
+fn malformed_packets_are_dropped_or_passed_on_purpose() {
+    in_own_netns("malformed_packets_are_dropped_or_passed_on_purpose", || {
+        let dp = Dataplane::start();
+        let to_vip = || syn(client_to_vip(40200));
+        let udp_to_vip = || {
+            datagram(wire(
+                CLIENT_MAC,
+                addr(CLIENT, 40200),
+                LB_MAC,
+                addr(VIP, DNS_PORT),
+            ))
+        };
+        let short = syn(client_to_vip(40200)).build()[..10].to_vec();
+        dp.check_all(&[
+            Case::pass(
+                "6 IHL < 5",
+                to_vip().ihl(4).build(),
+                Reason::PassMalformedIpv4,
+            ),
+            Case::drop(
+                "6 IPv4 total length beyond the frame",
+                to_vip().ip_total_len_excess(100).build(),
+                Reason::DropBadIpLength,
+            ),
+            Case::drop(
+                "6 TCP without flags",
+                to_vip().flags(0).build(),
+                Reason::DropTcpNoFlags,
+            ),
+            Case::drop(
+                "6 TCP data offset < 5",
+                syn(client_to_vip(40200))
+                    .tcp_data_offset(4)
+                    .payload(&[])
+                    .build(),
+                Reason::DropMalformedL4,
+            ),
+            Case::drop(
+                "6 TCP data offset beyond the segment",
+                syn(client_to_vip(40200)).tcp_data_offset(15).build(),
+                Reason::DropMalformedL4,
+            ),
+            Case::drop(
+                "6 UDP length beyond the datagram, to the UDP service",
+                udp_to_vip().udp_len_excess(100).build(),
+                Reason::DropBadUdpLength,
+            ),
+            Case::pass(
+                "6 first fragment (MF)",
+                to_vip().more_fragments().build(),
+                Reason::PassFragment,
+            ),
+            Case::pass(
+                "6 later fragment (offset 185)",
+                to_vip().fragment_offset(185).build(),
+                Reason::PassFragment,
+            ),
+            Case::pass(
+                "6 frame shorter than an Ethernet header",
+                short,
+                Reason::PassShortEthernet,
+            ),
+        ]);
+        assert_flows(&dp, "malformed packets", &[]);
+    });
+}
+
+/// Row 6, truncated L4 headers. The reason says drop; see the report.
+///
+/// DATA-PLANE BUG: `parse()` reports a truncated TCP/UDP header as
+/// `Parsed::Other(Reason::DropMalformedL4)`, and `process()` turns every
+/// `Parsed::Other` into `Verdict::pass`: the packet is passed to the kernel
+/// (XDP_PASS) while the drop_malformed_l4 counter says it was dropped, for
+/// any destination, not only a service.
+#[test]
+#[ignore = "data-plane bug: a truncated L4 header is counted as drop_malformed_l4 but XDP_PASSed (main.rs `Parsed::Other(reason) => Verdict::pass(reason)`)"]
+fn truncated_l4_header_to_a_service_is_dropped() {
+    in_own_netns("truncated_l4_header_to_a_service_is_dropped", || {
+        let dp = Dataplane::start();
+        dp.check_all(&[
+            Case::drop(
+                "6 truncated TCP header (10 of 20 bytes) to the VIP",
+                syn(client_to_vip(40300))
+                    .payload(&[])
+                    .truncate_l4(10)
+                    .build(),
+                Reason::DropMalformedL4,
+            ),
+            Case::drop(
+                "6 truncated UDP header (6 of 8 bytes) to the UDP VIP",
+                datagram(wire(
+                    CLIENT_MAC,
+                    addr(CLIENT, 40300),
+                    LB_MAC,
+                    addr(VIP, DNS_PORT),
+                ))
+                .payload(&[])
+                .truncate_l4(6)
+                .build(),
+                Reason::DropMalformedL4,
+            ),
+        ]);
+    });
+}
+
+/// Row 7, and Ethernet padding: what NAT must carry along untouched.
+#[test]
+fn ip_options_and_ethernet_padding_survive_nat() {
+    in_own_netns("ip_options_and_ethernet_padding_survive_nat", || {
+        let dp = Dataplane::start();
+        let vip = addr(VIP, API_PORT);
+        let (_, b1) = dp.maglev_choice(addr(CLIENT, 40001), vip, PROTO_TCP);
+        let (_, b2) = dp.maglev_choice(addr(CLIENT, 40002), vip, PROTO_TCP);
+        let (_, b3) = dp.maglev_choice(addr(CLIENT, 40003), vip, PROTO_TCP);
+        dp.check_all(&[
+            Case::new(
+                "7 SYN with IP option Router Alert (IHL 6)",
+                syn(client_to_vip(40001))
+                    .ip_options(&IPOPT_ROUTER_ALERT)
+                    .build(),
+                Action::Tx,
+                Reason::TxForward,
+                new_flow_to(b1, |w| syn(w).ip_options(&IPOPT_ROUTER_ALERT).build()),
+            ),
+            Case::new(
+                "7 SYN with one NOP and 3 bytes of padding (IHL 6)",
+                syn(client_to_vip(40002)).ip_options(&[IPOPT_NOP]).build(),
+                Action::Tx,
+                Reason::TxForward,
+                new_flow_to(b2, |w| syn(w).ip_options(&[IPOPT_NOP]).build()),
+            ),
+            Case::new(
+                "7 SYN padded to 60 bytes on the wire",
+                padded(
+                    request(client_to_vip(40003))
+                        .flags(TCP_SYN)
+                        .payload(&[])
+                        .build(),
+                ),
+                Action::Tx,
+                Reason::TxForward,
+                new_flow_to(b3, |w| {
+                    padded(request(w).flags(TCP_SYN).payload(&[]).build())
+                }),
+            ),
+        ]);
+    });
+}
+
+/// Row 8: the UDP service, with and without a UDP checksum, and a reply.
+#[test]
+fn udp_service_is_nated_with_and_without_checksum() {
+    in_own_netns("udp_service_is_nated_with_and_without_checksum", || {
+        let dp = Dataplane::start();
+        let vip = addr(VIP, DNS_PORT);
+        let from = |port| wire(CLIENT_MAC, addr(CLIENT, port), LB_MAC, vip);
+        let (backend_id, b1) = dp.maglev_choice(addr(CLIENT, 41000), vip, PROTO_UDP);
+        let (_, b2) = dp.maglev_choice(addr(CLIENT, 41001), vip, PROTO_UDP);
+
+        let out = dp.check(&Case::new(
+            "8 UDP to the UDP VIP:port, with a checksum",
+            datagram(from(41000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            new_flow_to(b1, |w| datagram(w).build()),
+        ));
+        let out0 = dp.check(&Case::new(
+            "8 UDP to the UDP VIP:port, checksum 0 (none)",
+            without_udp_checksum(datagram(from(41001)).build()),
+            Action::Tx,
+            Reason::TxForward,
+            new_flow_to(b2, |w| without_udp_checksum(datagram(w).build())),
+        ));
+        let at = l4_offset(&out0) + 6;
+        assert_eq!(out0[at..at + 2], [0, 0], "a UDP checksum of 0 must stay 0");
+
+        let snat = addr(SNAT, ports_of(&out).0);
+        let b1_mac = mac_of_backend(*b1.ip());
+        dp.check(&Case::new(
+            "8 UDP reply backend → SNAT, reverse NAT to VIP:53 → client",
+            datagram(wire(b1_mac, b1, LB_MAC, snat)).build(),
+            Action::Tx,
+            Reason::TxReply,
+            Out::Frame(datagram(wire(LB_MAC, vip, CLIENT_MAC, addr(CLIENT, 41000))).build()),
+        ));
+        let conn = Connection {
+            client: addr(CLIENT, 41000),
+            vip,
+            snat,
+            backend: b1,
+            backend_id,
+            service: 1,
+            proto: PROTO_UDP,
+        };
+        let flows = dp.flows();
+        for entry in conn.flows(0, 0) {
+            assert!(
+                flows.iter().any(|(k, f)| *k == entry.0
+                    && Flow {
+                        last_seen_ns: 0,
+                        ..*f
+                    } == entry.1),
+                "FLOWS lacks {}",
+                show_flow(&entry)
+            );
+        }
+        assert_eq!(flows.len(), 4, "two UDP flows, two entries each");
+    });
+}
+
+/// Row 9: a node that is not active (VRRP backup) leaves VIP traffic alone.
+#[test]
+fn inactive_node_passes_vip_traffic() {
+    in_own_netns("inactive_node_passes_vip_traffic", || {
+        let mut dp = Dataplane::start();
+        dp.set_config(DataplaneConfig { flags: 0, ..ACTIVE });
+        dp.check(&Case::pass(
+            "9 SYN to the VIP on a backup",
+            syn(client_to_vip(40000)).build(),
+            Reason::PassNotActive,
+        ));
+        assert_flows(&dp, "a SYN on a backup", &[]);
+    });
+}
+
+/// Row 10: a service without usable backends.
+#[test]
+fn service_without_backends_passes() {
+    in_own_netns("service_without_backends_passes", || {
+        let mut dp = Dataplane::start();
+        dp.set_service(
+            TCP_SERVICE,
+            Service {
+                id: 0,
+                table_base: 0,
+                table_size: 0,
+                flags: 0,
+            },
+        );
+        dp.check(&Case::pass(
+            "10 SYN to a service with table_size 0",
+            syn(client_to_vip(40000)).build(),
+            Reason::PassNoBackend,
+        ));
+        assert_flows(&dp, "a SYN to a service without backends", &[]);
+    });
+}
+
+/// Row 11: the backend is this node (stacked master): deliver locally and
+/// remember it, so the whole connection stays local.
+#[test]
+fn local_backend_is_delivered_locally() {
+    in_own_netns("local_backend_is_delivered_locally", || {
+        let mut dp = Dataplane::start();
+        dp.set_backend(
+            0,
+            Backend {
+                ip: SNAT.octets(),
+                port: API_PORT.to_be_bytes(),
+                flags: BACKEND_LOCAL,
+                _pad: 0,
+            },
+        );
+        dp.set_maglev(0, &[0; TABLE_SIZE as usize]);
+        dp.check(&Case::pass(
+            "11 SYN whose Maglev backend is local",
+            syn(client_to_vip(40000)).build(),
+            Reason::PassLocalBackend,
+        ));
+        let local = |seen| {
+            vec![(
+                flow_key(addr(CLIENT, 40000), addr(VIP, API_PORT), PROTO_TCP),
+                Flow {
+                    last_seen_ns: 0,
+                    backend: 0,
+                    service: 0,
+                    tcp_seen: seen,
+                    dir: DIR_FORWARD,
+                    flags: FLOW_LOCAL,
+                    ..Flow::default()
+                },
+            )]
+        };
+        assert_flows(&dp, "a SYN to a local backend", &local(SEEN_SYN));
+        dp.check(&Case::pass(
+            "11 data segment of the local flow",
+            request(client_to_vip(40000)).build(),
+            Reason::PassLocalBackend,
+        ));
+        assert_flows(&dp, "the local flow's data", &local(SEEN_SYN | SEEN_ACK));
+    });
+}
+
+/// Row 12: one NAT port, one backend: a second client's connection cannot
+/// get a port.
+#[test]
+fn nat_port_exhaustion_drops_new_flows() {
+    in_own_netns("nat_port_exhaustion_drops_new_flows", || {
+        let mut dp = Dataplane::start();
+        dp.set_config(DataplaneConfig {
+            nat_port_min: 20000,
+            nat_port_max: 20000,
+            ..ACTIVE
+        });
+        dp.set_maglev(0, &[0; TABLE_SIZE as usize]);
+        let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
+        let backend_mac = BACKEND_HOSTS[0].1;
+        let snat = addr(SNAT, 20000);
+        let client_b = wire(
+            CLIENT_B_MAC,
+            addr(CLIENT_B, 40000),
+            LB_MAC,
+            addr(VIP, API_PORT),
+        );
+        dp.check_all(&[
+            Case::new(
+                "12 client A's SYN takes the only NAT port",
+                syn(client_to_vip(40000)).build(),
+                Action::Tx,
+                Reason::TxForward,
+                Out::Frame(syn(wire(LB_MAC, snat, backend_mac, backend)).build()),
+            ),
+            Case::drop(
+                "12 client B's SYN to the same backend finds no NAT port",
+                syn(client_b).build(),
+                Reason::DropNatPortsExhausted,
+            ),
+            Case::new(
+                "12 client A's connection goes on",
+                request(client_to_vip(40000)).build(),
+                Action::Tx,
+                Reason::TxForward,
+                Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
+            ),
+        ]);
+        let conn = Connection {
+            client: addr(CLIENT, 40000),
+            vip: addr(VIP, API_PORT),
+            snat,
+            backend,
+            backend_id: 0,
+            service: 0,
+            proto: PROTO_TCP,
+        };
+        assert_flows(&dp, "port exhaustion", &conn.flows(SEEN_SYN | SEEN_ACK, 0));
+    });
+}
