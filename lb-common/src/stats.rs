@@ -98,7 +98,7 @@ reasons! {
     RedirectForward = 14 => "redirect_forward",
     /// Backend → client through another interface (devmap).
     RedirectReply = 15 => "redirect_reply",
-    /// TCP/UDP header truncated, or TCP data offset < 5, for a service.
+    /// TCP/UDP header truncated, or TCP data offset out of range, for a service.
     DropMalformedL4 = 16 => "drop_malformed_l4",
     /// IPv4 total length disagrees with the packet, for a service.
     DropBadIpLength = 17 => "drop_bad_ip_length",
@@ -110,6 +110,9 @@ reasons! {
     DropNatPortsExhausted = 20 => "drop_nat_ports_exhausted",
     /// A map update failed (flow table full of unevictable entries...).
     AbortedMapUpdate = 21 => "aborted_map_update",
+    /// TCP/UDP header too short to hold its ports: not classifiable, so
+    /// not ours; the kernel discards it.
+    PassTruncatedL4 = 22 => "pass_truncated_l4",
 }
 
 /// Number of slots in the reason array. Leaves room for reasons added

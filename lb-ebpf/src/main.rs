@@ -62,7 +62,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Verdict {
     let pkt = match parse::parse(ctx) {
         Parsed::Ipv4(pkt) => pkt,
-        Parsed::Other(reason) => return Verdict::pass(reason),
+        Parsed::Done(verdict) => return verdict,
     };
     let Some(config) = maps::config() else {
         return Verdict::pass(Reason::PassNotService);

@@ -1,9 +1,10 @@
 //! Header access with one bounds check each: after `ptr_at`, callers hold
 //! typed references the verifier has already proved in range.
 
+use crate::{Verdict, maps};
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    service::{PROTO_TCP, PROTO_UDP},
+    service::{PROTO_TCP, PROTO_UDP, ServiceKey},
     stats::Reason,
     wire::{ETH_HDR_LEN, EthHdr, EtherType, Ipv4Hdr, TcpHdr, UdpHdr},
 };
@@ -47,48 +48,59 @@ pub struct Ipv4Packet<'a> {
 
 pub enum Parsed<'a> {
     Ipv4(Ipv4Packet<'a>),
-    /// Not ours to balance: pass it, counted under this reason.
-    Other(Reason),
+    /// Decided while parsing: not ours, or broken.
+    Done(Verdict),
 }
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed<'_> {
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return Parsed::Other(Reason::PassShortEthernet);
+        return Parsed::Done(Verdict::pass(Reason::PassShortEthernet));
     };
     match eth.ether_type() {
         EtherType::Ipv4 => {}
-        EtherType::Arp => return Parsed::Other(Reason::PassArp),
-        EtherType::Ipv6 => return Parsed::Other(Reason::PassIpv6),
-        EtherType::Other => return Parsed::Other(Reason::PassOtherEthertype),
+        EtherType::Arp => return Parsed::Done(Verdict::pass(Reason::PassArp)),
+        EtherType::Ipv6 => return Parsed::Done(Verdict::pass(Reason::PassIpv6)),
+        EtherType::Other => return Parsed::Done(Verdict::pass(Reason::PassOtherEthertype)),
     }
     let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
-        return Parsed::Other(Reason::PassMalformedIpv4);
+        return Parsed::Done(Verdict::pass(Reason::PassMalformedIpv4));
     };
     if ip.version() != 4 || ip.ihl() < 5 {
-        return Parsed::Other(Reason::PassMalformedIpv4);
+        return Parsed::Done(Verdict::pass(Reason::PassMalformedIpv4));
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
-        return Parsed::Other(Reason::PassNotService);
+        return Parsed::Done(Verdict::pass(Reason::PassNotService));
     }
     // Only the first fragment has ports; the kernel reassembles.
     if ip.is_fragment() {
-        return Parsed::Other(Reason::PassFragment);
+        return Parsed::Done(Verdict::pass(Reason::PassFragment));
     }
     // IP options are carried along untouched: the L4 header starts after
     // them (IHL ≤ 15 words, so the offset is bounded for the verifier).
     let ihl_bytes = (ip.ihl() as usize & 0x0f) * 4;
     let l4_off = ETH_HDR_LEN + ihl_bytes;
+    let Some(ports) = header::<[u8; 4]>(ctx, l4_off) else {
+        return Parsed::Done(Verdict::pass(Reason::PassTruncatedL4));
+    };
     let l4 = if ip.proto == PROTO_TCP {
-        match header::<TcpHdr>(ctx, l4_off) {
-            Some(tcp) => L4::Tcp(tcp),
-            None => return Parsed::Other(Reason::DropMalformedL4),
-        }
+        header::<TcpHdr>(ctx, l4_off).map(L4::Tcp)
     } else {
-        match header::<UdpHdr>(ctx, l4_off) {
-            Some(udp) => L4::Udp(udp),
-            None => return Parsed::Other(Reason::DropMalformedL4),
-        }
+        header::<UdpHdr>(ctx, l4_off).map(L4::Udp)
+    };
+    let Some(l4) = l4 else {
+        // Cut short after the ports: dropped if it claims to belong to a
+        // service (it could only disturb that connection), else not ours.
+        let key = ServiceKey {
+            vip: ip.dst,
+            port: [ports[2], ports[3]],
+            proto: ip.proto,
+            _pad: 0,
+        };
+        return Parsed::Done(match maps::service(&key) {
+            Some(_) => Verdict::drop(Reason::DropMalformedL4),
+            None => Verdict::pass(Reason::PassNotService),
+        });
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     Parsed::Ipv4(Ipv4Packet {
