@@ -6,8 +6,9 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 use clap::{ArgGroup, Parser, ValueEnum};
 
 use crate::config::{
-    BackendSpec, DEFAULT_PORT, Proto, parse_backend_flag, parse_max_flows, parse_nat_ports,
-    parse_snat_ip, parse_vip,
+    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Proto, parse_backend_flag, parse_check_flag,
+    parse_check_interval, parse_check_timeout, parse_fall, parse_max_flows, parse_nat_ports,
+    parse_rise, parse_snat_ip, parse_vip,
 };
 
 #[derive(Debug, Parser)]
@@ -37,13 +38,22 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub report_interval: Duration,
 
+    /// Write the state of every backend (up/down, last check, latency,
+    /// since when) as JSON to this file on every change and every report.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+
     /// TOML file with the services and settings (instead of --vip and
     /// --backend). See xdplb.example.toml.
     #[arg(
         long,
         short = 'c',
         value_name = "FILE",
-        conflicts_with_all = ["vip", "backend", "port", "proto"]
+        // The file gives each service its own [service.check].
+        conflicts_with_all = [
+            "vip", "backend", "port", "proto",
+            "check", "check_interval", "check_timeout", "rise", "fall", "on_down",
+        ]
     )]
     pub config: Option<PathBuf>,
 
@@ -64,6 +74,38 @@ pub struct Args {
     /// default, 0 drains it). Repeat the flag for each backend.
     #[arg(long, value_name = "IP:PORT[@WEIGHT]", value_parser = parse_backend_flag, requires = "vip")]
     pub backend: Vec<BackendSpec>,
+
+    /// Health check of the backends: `tcp` (connect), `http:PATH` or
+    /// `https:PATH` (GET, expecting 200; https does not verify the
+    /// certificate), or `none`. [default: https:/readyz on port 6443, tcp
+    /// on other TCP ports, none for UDP]
+    #[arg(long, value_name = "tcp|http:PATH|https:PATH|none", value_parser = parse_check_flag)]
+    pub check: Option<CheckKind>,
+
+    /// Time between two checks of a backend, at least 100ms (haproxy
+    /// `inter`). [default: 2s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_check_interval)]
+    pub check_interval: Option<Duration>,
+
+    /// How long a check may take, at most the interval. [default: 1s, or
+    /// the interval if shorter]
+    #[arg(long, value_name = "DURATION", value_parser = parse_check_timeout)]
+    pub check_timeout: Option<Duration>,
+
+    /// Consecutive successful checks that bring a down backend back, 1-100.
+    /// [default: 2]
+    #[arg(long, value_name = "N", value_parser = parse_rise)]
+    pub rise: Option<u32>,
+
+    /// Consecutive failed checks that take a backend out, 1-100.
+    /// [default: 3]
+    #[arg(long, value_name = "N", value_parser = parse_fall)]
+    pub fall: Option<u32>,
+
+    /// What happens to the connections of a backend that goes down.
+    /// [default: keep]
+    #[arg(long, value_enum)]
+    pub on_down: Option<OnDown>,
 
     /// Source address of the packets sent to backends (overrides the file).
     /// Default: the interface's primary IPv4 address.

@@ -12,7 +12,7 @@ use std::{
     fmt, fs,
     net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     ops::Range,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -23,10 +23,14 @@ use lb_common::{
     maps::DEFAULT_MAX_FLOWS,
     service::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP},
 };
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::cli::{Args, parse_duration};
+use crate::{
+    cli::{Args, parse_duration},
+    health::tls,
+};
 
 /// kube-apiserver's port, the service port when none is given.
 pub const DEFAULT_PORT: u16 = 6443;
@@ -40,6 +44,21 @@ pub const MIN_NAT_PORTS: u32 = 64;
 pub const MIN_MAX_FLOWS: u32 = 1024;
 /// Weights are spread over a Maglev table; larger ones buy nothing.
 pub const MAX_WEIGHT: u32 = 65535;
+/// haproxy's `inter 2s rise 2 fall 3`: a dead apiserver is out after ~6s,
+/// a recovered one back after ~4s.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Also capped at the interval, so a short interval alone is enough.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// Checks more often than this load the backends for no gain in reaction
+/// time (a backend still needs `fall` failures to go down).
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// More would leave a dead backend in for minutes.
+pub const MAX_RISE_FALL: u32 = 100;
+/// kube-apiserver's readiness endpoint, readable without credentials.
+pub const DEFAULT_CHECK_PATH: &str = "/readyz";
+pub const DEFAULT_EXPECT: u16 = 200;
 
 /// Everything the agent needs to program the data plane, validated and with
 /// every default filled in.
@@ -69,6 +88,7 @@ pub struct ServiceConfig {
     pub port: u16,
     pub proto: Proto,
     pub backends: Vec<BackendConfig>,
+    pub check: CheckConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +108,146 @@ pub struct Timeouts {
     /// After a FIN or RST.
     pub tcp_closing: Duration,
     pub udp: Duration,
+}
+
+/// How the backends of a service are checked (haproxy's `check inter 2s
+/// rise 2 fall 3` with `option httpchk`), and what a failure does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub kind: CheckKind,
+    /// From the start of one check to the start of the next.
+    pub interval: Duration,
+    /// A check not finished by then failed; never longer than `interval`,
+    /// so checks of one backend never overlap.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    pub fall: u32,
+    pub on_down: OnDown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Not checked: every backend counts as up.
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// `GET path` over HTTP/1.1; the status must be `expect`.
+    Http { path: String, expect: u16 },
+    /// The same over TLS: kube-apiserver's `/readyz`.
+    Https {
+        path: String,
+        expect: u16,
+        tls: TlsCheck,
+    },
+}
+
+/// How an `https` check treats the backend's certificate, and which one it
+/// presents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsCheck {
+    /// Accept any certificate (the handshake signature is still checked).
+    /// True unless `ca_file` is given.
+    pub insecure_skip_verify: bool,
+    /// PEM CA certificates the backends' certificates must chain to, e.g.
+    /// the cluster CA `/etc/kubernetes/pki/ca.crt`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for backends that want one.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Server name to send and verify; by default the backend's IP address.
+    pub sni: Option<String>,
+}
+
+/// What happens to the established connections of a backend that goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDown {
+    /// They stay on it (haproxy's default): a backend that fails its checks
+    /// may still finish the requests in flight; only new connections avoid it.
+    #[default]
+    Keep,
+    /// Their flows are dropped, so clients reconnect to a live backend at
+    /// once (haproxy's `on-marked-down shutdown-sessions`).
+    Reset,
+}
+
+impl CheckConfig {
+    /// The check of a service that configures none: the apiserver's
+    /// `/readyz` on 6443, a TCP connect on other TCP ports. UDP services
+    /// are not checked: a TCP probe says nothing about a UDP server.
+    pub fn default_for(port: u16, proto: Proto) -> CheckConfig {
+        CheckConfig {
+            kind: CheckKind::default_for(port, proto),
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            on_down: OnDown::Keep,
+        }
+    }
+}
+
+impl CheckKind {
+    /// See [`CheckConfig::default_for`].
+    pub fn default_for(port: u16, proto: Proto) -> CheckKind {
+        match (proto, port) {
+            (Proto::Udp, _) => CheckKind::None,
+            (Proto::Tcp, DEFAULT_PORT) => CheckKind::Https {
+                path: DEFAULT_CHECK_PATH.into(),
+                expect: DEFAULT_EXPECT,
+                tls: TlsCheck::default(),
+            },
+            (Proto::Tcp, _) => CheckKind::Tcp,
+        }
+    }
+
+    /// The name of the kind, as `kind` in the file says it.
+    fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Https { .. } => "https",
+        }
+    }
+}
+
+/// As `--check` takes it: `tcp`, `http:/readyz`, `none`.
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckKind::Http { path, .. } | CheckKind::Https { path, .. } => {
+                write!(f, "{}:{path}", self.name())
+            }
+            _ => f.write_str(self.name()),
+        }
+    }
+}
+
+/// An apiserver's certificate is signed by the cluster's own CA, which the
+/// agent does not know unless told (`ca_file`); so by default it is not
+/// verified, as with haproxy's `check-ssl verify none`.
+impl Default for TlsCheck {
+    fn default() -> Self {
+        TlsCheck {
+            insecure_skip_verify: true,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            sni: None,
+        }
+    }
+}
+
+impl fmt::Display for OnDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnDown::Keep => "keep",
+            OnDown::Reset => "reset",
+        })
+    }
 }
 
 impl Default for Timeouts {
@@ -356,6 +516,128 @@ pub fn parse_max_flows(s: &str) -> Result<u32, String> {
     check_max_flows(n)
 }
 
+/// `--check`: `tcp`, `http:PATH`, `https:PATH` or `none`; http(s) expect
+/// 200, and https skips certificate verification (the file can say more).
+pub fn parse_check_flag(s: &str) -> Result<CheckKind, String> {
+    let kinds = "use tcp, http:PATH, https:PATH or none";
+    match s.split_once(':') {
+        None => match s {
+            "none" => Ok(CheckKind::None),
+            "tcp" => Ok(CheckKind::Tcp),
+            "http" | "https" => Err(format!(
+                "check '{s}': give the path to GET, e.g. {s}:{DEFAULT_CHECK_PATH}"
+            )),
+            _ => Err(format!("check '{s}': unknown kind; {kinds}")),
+        },
+        Some(("http", path)) => Ok(CheckKind::Http {
+            path: check_path(path)?,
+            expect: DEFAULT_EXPECT,
+        }),
+        Some(("https", path)) => Ok(CheckKind::Https {
+            path: check_path(path)?,
+            expect: DEFAULT_EXPECT,
+            tls: TlsCheck::default(),
+        }),
+        Some((kind @ ("tcp" | "none"), _)) => {
+            Err(format!("check '{s}': {kind} takes no path; {kinds}"))
+        }
+        Some((kind, _)) => Err(format!("check '{s}': unknown kind '{kind}'; {kinds}")),
+    }
+}
+
+/// The path of an HTTP check. It goes into the request line as written, so
+/// a space or a line break would make another request of it.
+fn check_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "check path '{path}' must start with '/' (e.g. {DEFAULT_CHECK_PATH})"
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "check path {path:?} contains {c:?}; percent-encode spaces and non-ASCII characters"
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+/// `expect` in the file: the HTTP status a healthy backend answers.
+fn check_expect(n: i64) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+        .ok_or_else(|| format!("check expect {n} is not an HTTP status (100-599)"))
+}
+
+/// `rise` or `fall` (`key`), from the file or a flag.
+fn check_count(key: &str, n: i64) -> Result<u32, String> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_RISE_FALL).contains(n))
+        .ok_or_else(|| format!("check {key} {n} must be between 1 and {MAX_RISE_FALL}"))
+}
+
+fn parse_count(key: &str, s: &str) -> Result<u32, String> {
+    let n = s
+        .parse::<i64>()
+        .map_err(|_| format!("check {key} '{s}' is not a whole number"))?;
+    check_count(key, n)
+}
+
+/// `--rise`.
+pub fn parse_rise(s: &str) -> Result<u32, String> {
+    parse_count("rise", s)
+}
+
+/// `--fall`.
+pub fn parse_fall(s: &str) -> Result<u32, String> {
+    parse_count("fall", s)
+}
+
+/// `--check-interval`, and `interval` in the file.
+pub fn parse_check_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|m| format!("check interval: {m}"))?;
+    if d < MIN_CHECK_INTERVAL {
+        return Err(format!(
+            "check interval '{s}' is below the minimum of {MIN_CHECK_INTERVAL:?}"
+        ));
+    }
+    Ok(d)
+}
+
+/// `--check-timeout`, and `timeout` in the file.
+pub fn parse_check_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|m| format!("check timeout: {m}"))?;
+    if d.is_zero() {
+        return Err(format!("check timeout '{s}' must be longer than 0"));
+    }
+    Ok(d)
+}
+
+/// The timeout when none is given: the default, or the interval if that is
+/// shorter.
+fn default_timeout(interval: Duration) -> Duration {
+    DEFAULT_CHECK_TIMEOUT.min(interval)
+}
+
+/// Checks of one backend must not overlap.
+fn check_timing(interval: Duration, timeout: Duration) -> Result<(), String> {
+    if timeout > interval {
+        return Err(format!(
+            "check timeout {timeout:?} is longer than the interval {interval:?}; a check must finish before the next one starts"
+        ));
+    }
+    Ok(())
+}
+
+/// `sni` in the file: a DNS name (or an IP address) to send and verify.
+fn check_sni(s: &str) -> Result<String, String> {
+    match ServerName::try_from(s) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(_) => Err(format!("sni '{s}' is not a valid DNS name")),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Where a value came from, so that errors can point at it.
 
@@ -440,6 +722,35 @@ struct RawService {
     proto: Option<Proto>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+    check: Option<RawCheck>,
+}
+
+/// `[service.check]`. Only what is written; defaults depend on the port.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    kind: Option<Spanned<RawKind>>,
+    path: Option<Spanned<String>>,
+    expect: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    on_down: Option<OnDown>,
+    insecure_skip_verify: Option<Spanned<bool>>,
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    sni: Option<Spanned<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    Tcp,
+    Http,
+    Https,
+    None,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +783,7 @@ struct DraftService {
     /// The service's VIP, blamed for what is wrong with the service.
     loc: Loc,
     backends: Vec<DraftBackend>,
+    check: CheckConfig,
 }
 
 struct DraftBackend {
@@ -494,6 +806,213 @@ fn name(src: &Source, what: &str, n: Option<Spanned<String>>) -> Result<Option<(
         return Err(src.error(&loc, format!("{what} name is empty")));
     }
     Ok(Some((trimmed.to_owned(), loc)))
+}
+
+/// The check of the `--vip` service. clap checked each flag; what is left
+/// is how they fit together.
+fn check_from_flags(args: &Args) -> Result<CheckConfig> {
+    let default = CheckConfig::default_for(args.port, args.proto);
+    let interval = args.check_interval.unwrap_or(default.interval);
+    let timeout = args
+        .check_timeout
+        .unwrap_or_else(|| default_timeout(interval));
+    Source::CommandLine.check(&Loc::CommandLine, check_timing(interval, timeout))?;
+    Ok(CheckConfig {
+        kind: args.check.clone().unwrap_or(default.kind),
+        interval,
+        timeout,
+        rise: args.rise.unwrap_or(default.rise),
+        fall: args.fall.unwrap_or(default.fall),
+        on_down: args.on_down.unwrap_or(default.on_down),
+    })
+}
+
+/// A service's `[service.check]`; what it leaves out is the default for the
+/// service's port and protocol.
+fn check_from_toml(src: &Source, c: RawCheck, port: u16, proto: Proto) -> Result<CheckConfig> {
+    let default = CheckConfig::default_for(port, proto);
+    let interval = match &c.interval {
+        Some(s) => src.check(&span(s), parse_check_interval(s.get_ref()))?,
+        None => default.interval,
+    };
+    let timeout = match &c.timeout {
+        Some(s) => {
+            let t = src.check(&span(s), parse_check_timeout(s.get_ref()))?;
+            src.check(&span(s), check_timing(interval, t))?;
+            t
+        }
+        None => default_timeout(interval),
+    };
+    let count = |key: &str, n: &Option<Spanned<i64>>, default: u32| match n {
+        Some(n) => src.check(&span(n), check_count(key, *n.get_ref())),
+        None => Ok(default),
+    };
+    let rise = count("rise", &c.rise, default.rise)?;
+    let fall = count("fall", &c.fall, default.fall)?;
+
+    // Keys that mean nothing to the check's kind are mistakes (a `path`
+    // on a tcp check would otherwise be silently ignored).
+    let (kind, whose) = match &c.kind {
+        Some(k) => (*k.get_ref(), String::new()),
+        None => {
+            let kind = match default.kind {
+                CheckKind::None => RawKind::None,
+                CheckKind::Tcp => RawKind::Tcp,
+                CheckKind::Http { .. } => RawKind::Http,
+                CheckKind::Https { .. } => RawKind::Https,
+            };
+            let whose = match proto {
+                Proto::Udp => " (the default for UDP services; set kind)".into(),
+                Proto::Tcp => format!(" (the default for port {port}; set kind)"),
+            };
+            (kind, whose)
+        }
+    };
+    let kind_name = kind.name();
+    let http_keys = [
+        ("path", c.path.as_ref().map(span)),
+        ("expect", c.expect.as_ref().map(span)),
+    ];
+    if !matches!(kind, RawKind::Http | RawKind::Https)
+        && let Some((key, Some(loc))) = http_keys.iter().find(|(_, loc)| loc.is_some())
+    {
+        return Err(src.error(
+            loc,
+            format!(
+                "{key} is for kind \"http\" or \"https\"; this check is \"{kind_name}\"{whose}"
+            ),
+        ));
+    }
+    let tls_keys = [
+        (
+            "insecure_skip_verify",
+            c.insecure_skip_verify.as_ref().map(span),
+        ),
+        ("ca_file", c.ca_file.as_ref().map(span)),
+        ("cert_file", c.cert_file.as_ref().map(span)),
+        ("key_file", c.key_file.as_ref().map(span)),
+        ("sni", c.sni.as_ref().map(span)),
+    ];
+    if kind != RawKind::Https
+        && let Some((key, Some(loc))) = tls_keys.iter().find(|(_, loc)| loc.is_some())
+    {
+        return Err(src.error(
+            loc,
+            format!("{key} is for kind \"https\"; this check is \"{kind_name}\"{whose}"),
+        ));
+    }
+
+    let path = match &c.path {
+        Some(p) => src.check(&span(p), check_path(p.get_ref()))?,
+        None => DEFAULT_CHECK_PATH.into(),
+    };
+    let expect = match &c.expect {
+        Some(n) => src.check(&span(n), check_expect(*n.get_ref()))?,
+        None => DEFAULT_EXPECT,
+    };
+    let kind = match kind {
+        RawKind::None => CheckKind::None,
+        RawKind::Tcp => CheckKind::Tcp,
+        RawKind::Http => CheckKind::Http { path, expect },
+        RawKind::Https => CheckKind::Https {
+            path,
+            expect,
+            tls: tls_from_toml(src, &c)?,
+        },
+    };
+    Ok(CheckConfig {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        on_down: c.on_down.unwrap_or(default.on_down),
+    })
+}
+
+impl RawKind {
+    fn name(self) -> &'static str {
+        match self {
+            RawKind::None => "none",
+            RawKind::Tcp => "tcp",
+            RawKind::Http => "http",
+            RawKind::Https => "https",
+        }
+    }
+}
+
+/// The TLS keys of an https check. The files are read here, so that a
+/// wrong path, or a key where the certificate should be, is refused at load
+/// time with the line that names it, not found by the first check.
+fn tls_from_toml(src: &Source, c: &RawCheck) -> Result<TlsCheck> {
+    let file = |key: &str, v: &Option<Spanned<String>>| -> Result<Option<(PathBuf, Loc)>> {
+        let Some(v) = v else { return Ok(None) };
+        let loc = span(v);
+        if v.get_ref().trim().is_empty() {
+            return Err(src.error(&loc, format!("{key} is empty")));
+        }
+        Ok(Some((PathBuf::from(v.get_ref()), loc)))
+    };
+    let ca = file("ca_file", &c.ca_file)?;
+    let cert = file("cert_file", &c.cert_file)?;
+    let key = file("key_file", &c.key_file)?;
+
+    let insecure_skip_verify = match (&c.insecure_skip_verify, &ca) {
+        (Some(v), Some(_)) if *v.get_ref() => {
+            return Err(src.error(
+                &span(v),
+                "insecure_skip_verify = true contradicts ca_file: verify against the CA or skip verification, not both",
+            ));
+        }
+        (Some(v), None) if !*v.get_ref() => {
+            return Err(src.error(
+                &span(v),
+                "insecure_skip_verify = false needs a ca_file to verify against (xdplb has no built-in CA list)",
+            ));
+        }
+        (_, ca) => ca.is_none(),
+    };
+    match (&cert, &key) {
+        (Some((_, loc)), None) => {
+            return Err(src.error(
+                loc,
+                "cert_file needs key_file, the client certificate's private key",
+            ));
+        }
+        (None, Some((_, loc))) => {
+            return Err(src.error(loc, "key_file needs cert_file, the client certificate"));
+        }
+        _ => {}
+    }
+    let pem = |r: Result<()>| r.map_err(|e| format!("{e:#}"));
+    for (what, file) in [("ca_file", &ca), ("cert_file", &cert)] {
+        if let Some((path, loc)) = file {
+            src.check(loc, pem(tls::load_certs(what, path).map(drop)))?;
+        }
+    }
+    if let Some((path, loc)) = &key {
+        src.check(loc, pem(tls::load_key("key_file", path).map(drop)))?;
+    }
+    let sni = match &c.sni {
+        Some(s) => Some(src.check(&span(s), check_sni(s.get_ref()))?),
+        None => None,
+    };
+
+    let blame = cert
+        .as_ref()
+        .or(ca.as_ref())
+        .map_or(Loc::Whole, |(_, loc)| loc.clone());
+    let tls = TlsCheck {
+        insecure_skip_verify,
+        ca_file: ca.map(|(p, _)| p),
+        cert_file: cert.map(|(p, _)| p),
+        key_file: key.map(|(p, _)| p),
+        sni,
+    };
+    // What only the files together can tell: a key that is not the
+    // certificate's, a CA certificate rustls cannot use.
+    src.check(&blame, pem(tls::client_config(&tls).map(drop)))?;
+    Ok(tls)
 }
 
 impl Draft {
@@ -523,6 +1042,7 @@ impl Draft {
                 proto: args.proto,
                 loc: Loc::CommandLine,
                 backends,
+                check: check_from_flags(args)?,
             }],
             snat_ip: None,
             nat_ports: DEFAULT_NAT_PORTS,
@@ -622,13 +1142,19 @@ impl Draft {
                     loc,
                 });
             }
+            let proto = s.proto.unwrap_or(Proto::Tcp);
+            let check = match s.check {
+                Some(c) => check_from_toml(src, c, port, proto)?,
+                None => CheckConfig::default_for(port, proto),
+            };
             services.push(DraftService {
                 name: name(src, "service", s.name)?,
                 vip,
                 port,
-                proto: s.proto.unwrap_or(Proto::Tcp),
+                proto,
                 loc,
                 backends,
+                check,
             });
         }
 
@@ -748,6 +1274,7 @@ impl Draft {
                         weight: b.weight,
                     })
                     .collect(),
+                check: s.check,
             });
         }
 
@@ -890,6 +1417,47 @@ mod tests {
         assert_eq!(a.iface, "eth0");
         assert_eq!(a.vip, Some(Ipv4Addr::new(10, 0, 0, 100)));
         assert_eq!(a.backend.len(), 1);
+
+        let a = Args::try_parse_from([
+            "xdplb",
+            "--iface",
+            "eth0",
+            "--vip",
+            "10.0.0.100",
+            "--backend",
+            "10.0.0.1:6443",
+            "--check",
+            "https:/readyz",
+            "--check-interval",
+            "2s",
+            "--check-timeout",
+            "1s",
+            "--rise",
+            "2",
+            "--fall",
+            "3",
+            "--on-down",
+            "reset",
+        ])
+        .expect("the documented health check flags parse");
+        assert_eq!(
+            (
+                a.check,
+                a.check_interval,
+                a.check_timeout,
+                a.rise,
+                a.fall,
+                a.on_down
+            ),
+            (
+                Some(apiserver_check().kind),
+                Some(Duration::from_secs(2)),
+                Some(Duration::from_secs(1)),
+                Some(2),
+                Some(3),
+                Some(OnDown::Reset)
+            )
+        );
     }
 
     #[test]
@@ -908,6 +1476,24 @@ mod tests {
                         addr: addr("10.0.0.1:6443"),
                         weight: 1,
                     }],
+                    check: CheckConfig {
+                        kind: CheckKind::Https {
+                            path: "/readyz".into(),
+                            expect: 200,
+                            tls: TlsCheck {
+                                insecure_skip_verify: true,
+                                ca_file: None,
+                                cert_file: None,
+                                key_file: None,
+                                sni: None,
+                            },
+                        },
+                        interval: Duration::from_secs(2),
+                        timeout: Duration::from_secs(1),
+                        rise: 2,
+                        fall: 3,
+                        on_down: OnDown::Keep,
+                    },
                 }],
                 snat_ip: None,
                 nat_ports: (20000, 29999),
@@ -992,6 +1578,12 @@ mod tests {
             &["--config", "x.toml", "--backend", "10.0.0.1:6443"],
             &["--config", "x.toml", "--port", "443"],
             &["--config", "x.toml", "--proto", "udp"],
+            &["--config", "x.toml", "--check", "tcp"],
+            &["--config", "x.toml", "--check-interval", "5s"],
+            &["--config", "x.toml", "--check-timeout", "1s"],
+            &["--config", "x.toml", "--rise", "1"],
+            &["--config", "x.toml", "--fall", "1"],
+            &["--config", "x.toml", "--on-down", "reset"],
         ] {
             assert_has(&args_err(flags), "cannot be used with");
         }
@@ -1086,6 +1678,45 @@ mod tests {
                 "max_flows 5000000000 is above the maximum of 4294967295",
             ),
             (&["--backend", "10.0.0.1:6443@-1"], "weight -1 is negative"),
+            (
+                &["--check", "ftp"],
+                "check 'ftp': unknown kind; use tcp, http:PATH",
+            ),
+            (&["--check", "ftp:/x"], "check 'ftp:/x': unknown kind 'ftp'"),
+            (&["--check", "HTTP:/readyz"], "unknown kind 'HTTP'"),
+            (
+                &["--check", "http"],
+                "check 'http': give the path to GET, e.g. http:/readyz",
+            ),
+            (
+                &["--check", "https:readyz"],
+                "check path 'readyz' must start with '/'",
+            ),
+            (&["--check", "http:"], "check path '' must start with '/'"),
+            (
+                &["--check", "http:/a b"],
+                "check path \"/a b\" contains ' '",
+            ),
+            (&["--check", "tcp:/readyz"], "tcp takes no path"),
+            (
+                &["--check-interval", "50ms"],
+                "check interval '50ms' is below the minimum of 100ms",
+            ),
+            (
+                &["--check-interval", "soon"],
+                "check interval: 'soon' is not a duration",
+            ),
+            (
+                &["--check-timeout", "0"],
+                "check timeout '0' must be longer than 0",
+            ),
+            (&["--rise", "0"], "check rise 0 must be between 1 and 100"),
+            (&["--rise", "x"], "check rise 'x' is not a whole number"),
+            (
+                &["--fall", "101"],
+                "check fall 101 must be between 1 and 100",
+            ),
+            (&["--on-down", "drop"], "'drop'"),
         ] {
             let mut all = vec!["--vip", "10.0.0.100", "--backend", "10.0.0.2:6443"];
             if flags[0] == "--vip" || flags[0] == "--backend" {
@@ -1123,6 +1754,21 @@ mod tests {
             (
                 &["--backend", "10.0.0.100:6443"],
                 "backend \"10.0.0.100:6443\" of service \"10.0.0.100:6443/tcp\" is on a VIP",
+            ),
+            (
+                &["--backend", "10.0.0.1:6443", "--check-timeout", "3s"],
+                "config error: command line: check timeout 3s is longer than the interval 2s; a check must finish before the next one starts",
+            ),
+            (
+                &[
+                    "--backend",
+                    "10.0.0.1:6443",
+                    "--check-interval",
+                    "1s",
+                    "--check-timeout",
+                    "1500ms",
+                ],
+                "check timeout 1.5s is longer than the interval 1s",
             ),
         ] {
             let mut all = vec!["--vip", "10.0.0.100"];
@@ -1170,6 +1816,15 @@ proto = "tcp"
   [[service.backend]]
   address = "192.168.31.74:6443"
   weight = 3
+  [service.check]
+  kind = "http"
+  path = "/healthz?verbose"
+  expect = 204
+  interval = "5s"
+  timeout = "4s"
+  rise = 1
+  fall = 10
+  on_down = "reset"
 
 [[service]]
 vip = "192.168.31.88"
@@ -1203,6 +1858,17 @@ proto = "udp"
                                 weight: 3
                             },
                         ],
+                        check: CheckConfig {
+                            kind: CheckKind::Http {
+                                path: "/healthz?verbose".into(),
+                                expect: 204
+                            },
+                            interval: Duration::from_secs(5),
+                            timeout: Duration::from_secs(4),
+                            rise: 1,
+                            fall: 10,
+                            on_down: OnDown::Reset,
+                        },
                     },
                     ServiceConfig {
                         name: "192.168.31.88:53/udp".into(),
@@ -1214,6 +1880,11 @@ proto = "udp"
                             addr: addr("192.168.31.71:53"),
                             weight: 1
                         }],
+                        // UDP: no check unless asked for.
+                        check: CheckConfig {
+                            kind: CheckKind::None,
+                            ..apiserver_check()
+                        },
                     },
                 ],
                 snat_ip: Some(Ipv4Addr::new(192, 168, 31, 71)),
@@ -1253,6 +1924,11 @@ proto = "udp"
         assert_eq!(
             addrs,
             [addr("192.168.31.71:6443"), addr("192.168.31.74:6443")]
+        );
+        assert_eq!(
+            api.check,
+            apiserver_check(),
+            "the example's [service.check] spells out the defaults"
         );
     }
 
@@ -1519,7 +2195,7 @@ proto = "udp"
 
     #[test]
     fn command_line_overrides_the_file() {
-        let mut file = tempfile();
+        let mut file = tempfile("toml");
         write!(
             file.1,
             "snat_ip = \"10.0.0.10\"\nnat_ports = \"30000-30999\"\nmax_flows = 4096\n{}",
@@ -1597,6 +2273,412 @@ proto = "udp"
         );
     }
 
+    /// The check a service on 6443 gets when it names none.
+    fn apiserver_check() -> CheckConfig {
+        CheckConfig {
+            kind: CheckKind::Https {
+                path: "/readyz".into(),
+                expect: 200,
+                tls: TlsCheck::default(),
+            },
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            on_down: OnDown::Keep,
+        }
+    }
+
+    #[test]
+    fn default_checks_depend_on_port_and_proto() {
+        let check = |flags: &[&str]| {
+            let mut all = vec!["--vip", "10.0.0.100", "--backend", "10.0.0.1:8080"];
+            all.extend_from_slice(flags);
+            from_flags(&all).unwrap().services.remove(0).check
+        };
+        assert_eq!(check(&[]), apiserver_check());
+        let tcp = CheckConfig {
+            kind: CheckKind::Tcp,
+            ..apiserver_check()
+        };
+        assert_eq!(check(&["--port", "8080"]), tcp);
+        // A TCP connect says nothing about a UDP server.
+        let none = CheckConfig {
+            kind: CheckKind::None,
+            ..apiserver_check()
+        };
+        assert_eq!(check(&["--proto", "udp", "--port", "6443"]), none);
+        assert_eq!(check(&["--proto", "udp", "--port", "53"]), none);
+
+        // The same from a file, with and without an empty [service.check].
+        let file = |port: u16, proto: &str, table: &str| {
+            let text = service("10.0.0.100", &["10.0.0.1:8080"]).replace(
+                "vip =",
+                &format!("port = {port}\nproto = \"{proto}\"\nvip ="),
+            ) + table;
+            Config::from_toml_str(&text, FILE)
+                .unwrap_or_else(|e| panic!("{text}\nshould parse: {e:#}"))
+                .services
+                .remove(0)
+                .check
+        };
+        for table in ["", "  [service.check]\n"] {
+            assert_eq!(file(6443, "tcp", table), apiserver_check());
+            assert_eq!(file(8080, "tcp", table), tcp);
+            assert_eq!(file(53, "udp", table), none);
+        }
+    }
+
+    #[test]
+    fn check_flags() {
+        let check = |flags: &[&str]| {
+            let mut all = vec!["--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"];
+            all.extend_from_slice(flags);
+            from_flags(&all)
+                .unwrap_or_else(|e| panic!("{all:?} should be accepted: {e:#}"))
+                .services
+                .remove(0)
+                .check
+        };
+        for (flag, kind) in [
+            ("tcp", CheckKind::Tcp),
+            ("none", CheckKind::None),
+            (
+                "http:/healthz",
+                CheckKind::Http {
+                    path: "/healthz".into(),
+                    expect: 200,
+                },
+            ),
+            (
+                "https:/livez?verbose",
+                CheckKind::Https {
+                    path: "/livez?verbose".into(),
+                    expect: 200,
+                    tls: TlsCheck::default(),
+                },
+            ),
+        ] {
+            assert_eq!(check(&["--check", flag]).kind, kind, "--check {flag}");
+            assert_eq!(kind.to_string(), flag, "kinds print as --check takes them");
+        }
+        // A kind on a UDP service is taken as given (DNS answers on TCP too).
+        assert_eq!(
+            check(&["--proto", "udp", "--check", "tcp"]).kind,
+            CheckKind::Tcp
+        );
+
+        assert_eq!(
+            check(&[
+                "--check-interval",
+                "5s",
+                "--check-timeout",
+                "5s",
+                "--rise",
+                "1",
+                "--fall",
+                "100",
+                "--on-down",
+                "reset",
+            ]),
+            CheckConfig {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(5),
+                rise: 1,
+                fall: 100,
+                on_down: OnDown::Reset,
+                ..apiserver_check()
+            }
+        );
+        assert_eq!(check(&["--on-down", "keep"]).on_down, OnDown::Keep);
+        // A short interval alone shortens the default timeout with it.
+        let fast = check(&["--check-interval", "300ms"]);
+        assert_eq!(
+            (fast.interval, fast.timeout),
+            (Duration::from_millis(300), Duration::from_millis(300))
+        );
+        let slow = check(&["--check-interval", "1m"]);
+        assert_eq!(
+            (slow.interval, slow.timeout),
+            (Duration::from_secs(60), Duration::from_secs(1))
+        );
+        assert_eq!(
+            check(&["--check-interval", "100ms"]).interval,
+            MIN_CHECK_INTERVAL
+        );
+    }
+
+    /// PEM files for the TLS keys: a CA (self-signed, so also usable as
+    /// the client certificate), its key, and a key of another certificate.
+    struct Pki {
+        ca: std::path::PathBuf,
+        key: std::path::PathBuf,
+        other_key: std::path::PathBuf,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let write = |pem: String| {
+                let (path, mut file) = tempfile("pem");
+                file.write_all(pem.as_bytes()).unwrap();
+                path
+            };
+            let gen_ = || {
+                rcgen::generate_simple_self_signed(["kubernetes".to_owned()])
+                    .expect("rcgen generates a certificate")
+            };
+            let (one, other) = (gen_(), gen_());
+            Pki {
+                ca: write(one.cert.pem()),
+                key: write(one.signing_key.serialize_pem()),
+                other_key: write(other.signing_key.serialize_pem()),
+            }
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            for p in [&self.ca, &self.key, &self.other_key] {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+
+    #[test]
+    fn check_in_the_file() {
+        let pki = Pki::new();
+        let (ca, key) = (pki.ca.display(), pki.key.display());
+        let text = format!(
+            "{}  [service.check]\n  ca_file = \"{ca}\"\n  cert_file = \"{ca}\"\n  key_file = \"{key}\"\n  sni = \"kubernetes\"\n  expect = 200\n",
+            service("10.0.0.100", &["10.0.0.1:6443"])
+        );
+        let c = Config::from_toml_str(&text, FILE).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            c.services[0].check,
+            CheckConfig {
+                kind: CheckKind::Https {
+                    path: "/readyz".into(),
+                    expect: 200,
+                    tls: TlsCheck {
+                        // Off by default once there is a CA to verify with.
+                        insecure_skip_verify: false,
+                        ca_file: Some(pki.ca.clone()),
+                        cert_file: Some(pki.ca.clone()),
+                        key_file: Some(pki.key.clone()),
+                        sni: Some("kubernetes".into()),
+                    },
+                },
+                ..apiserver_check()
+            }
+        );
+        // The configuration it describes builds.
+        let CheckKind::Https { tls: t, .. } = &c.services[0].check.kind else {
+            unreachable!()
+        };
+        tls::client_config(t).expect("a checked TLS configuration builds");
+
+        // Explicit values equal to the defaults are accepted.
+        let text = format!(
+            "{}  [service.check]\n  kind = \"https\"\n  insecure_skip_verify = true\n  on_down = \"keep\"\n  timeout = \"2s\"\n",
+            service("10.0.0.100", &["10.0.0.1:6443"])
+        );
+        let c = Config::from_toml_str(&text, FILE).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            c.services[0].check,
+            CheckConfig {
+                timeout: Duration::from_secs(2),
+                ..apiserver_check()
+            }
+        );
+
+        // http without a path checks /readyz; timing on its own.
+        let text = format!(
+            "{}  [service.check]\n  kind = \"http\"\n  interval = \"500ms\"\n",
+            service("10.0.0.100", &["10.0.0.1:6443"])
+        );
+        let c = Config::from_toml_str(&text, FILE).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            c.services[0].check,
+            CheckConfig {
+                kind: CheckKind::Http {
+                    path: "/readyz".into(),
+                    expect: 200
+                },
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(500),
+                ..apiserver_check()
+            }
+        );
+    }
+
+    #[test]
+    fn check_errors_name_file_and_line() {
+        let pki = Pki::new();
+        let (ca, key, other_key) = (
+            pki.ca.display().to_string(),
+            pki.key.display().to_string(),
+            pki.other_key.display().to_string(),
+        );
+        // The [service.check] keys start on line 6.
+        let checked = |keys: &str| {
+            let keys: String = keys.lines().map(|l| format!("  {l}\n")).collect();
+            service("10.0.0.100", &["10.0.0.1:6443"]) + "  [service.check]\n" + &keys
+        };
+        for (keys, want) in [
+            (
+                "kind = \"tls\"".to_owned(),
+                "6: unknown variant `tls`, expected one of `tcp`, `http`, `https`, `none`".to_owned(),
+            ),
+            (
+                "kind = \"http\"\nretries = 3".into(),
+                "7: unknown field `retries`".into(),
+            ),
+            (
+                "path = \"readyz\"".into(),
+                "6: check path 'readyz' must start with '/' (e.g. /readyz)".into(),
+            ),
+            (
+                "path = \"/readyz\\r\\nHost: x\"".into(),
+                "6: check path \"/readyz\\r\\nHost: x\" contains '\\r'".into(),
+            ),
+            (
+                "expect = 99".into(),
+                "6: check expect 99 is not an HTTP status (100-599)".into(),
+            ),
+            (
+                "expect = 600".into(),
+                "6: check expect 600 is not an HTTP status".into(),
+            ),
+            (
+                "rise = 0".into(),
+                "6: check rise 0 must be between 1 and 100".into(),
+            ),
+            (
+                "rise = 2\nfall = 101".into(),
+                "7: check fall 101 must be between 1 and 100".into(),
+            ),
+            (
+                "fall = -1".into(),
+                "6: check fall -1 must be between 1 and 100".into(),
+            ),
+            (
+                "interval = \"50ms\"".into(),
+                "6: check interval '50ms' is below the minimum of 100ms".into(),
+            ),
+            (
+                "interval = \"soon\"".into(),
+                "6: check interval: 'soon' is not a duration".into(),
+            ),
+            (
+                "timeout = \"0s\"".into(),
+                "6: check timeout '0s' must be longer than 0".into(),
+            ),
+            (
+                "interval = \"1s\"\ntimeout = \"2s\"".into(),
+                "7: check timeout 2s is longer than the interval 1s; a check must finish before the next one starts".into(),
+            ),
+            (
+                "timeout = \"3s\"".into(),
+                "6: check timeout 3s is longer than the interval 2s".into(),
+            ),
+            (
+                "on_down = \"drop\"".into(),
+                "6: unknown variant `drop`, expected `keep` or `reset`".into(),
+            ),
+            (
+                "kind = \"tcp\"\npath = \"/readyz\"".into(),
+                "7: path is for kind \"http\" or \"https\"; this check is \"tcp\"".into(),
+            ),
+            (
+                "kind = \"none\"\nexpect = 200".into(),
+                "7: expect is for kind \"http\" or \"https\"; this check is \"none\"".into(),
+            ),
+            (
+                "kind = \"http\"\nca_file = \"/etc/kubernetes/pki/ca.crt\"".into(),
+                "7: ca_file is for kind \"https\"; this check is \"http\"".into(),
+            ),
+            (
+                "kind = \"http\"\ninsecure_skip_verify = true".into(),
+                "7: insecure_skip_verify is for kind \"https\"; this check is \"http\"".into(),
+            ),
+            (
+                "kind = \"tcp\"\nsni = \"kubernetes\"".into(),
+                "7: sni is for kind \"https\"; this check is \"tcp\"".into(),
+            ),
+            (
+                format!("kind = \"tcp\"\ncert_file = \"{ca}\"\nkey_file = \"{key}\""),
+                "7: cert_file is for kind \"https\"; this check is \"tcp\"".into(),
+            ),
+            (
+                format!("cert_file = \"{ca}\""),
+                "6: cert_file needs key_file, the client certificate's private key".into(),
+            ),
+            (
+                format!("key_file = \"{key}\""),
+                "6: key_file needs cert_file, the client certificate".into(),
+            ),
+            (
+                format!("insecure_skip_verify = true\nca_file = \"{ca}\""),
+                "6: insecure_skip_verify = true contradicts ca_file".into(),
+            ),
+            (
+                "insecure_skip_verify = false".into(),
+                "6: insecure_skip_verify = false needs a ca_file to verify against".into(),
+            ),
+            (
+                "ca_file = \"/nonexistent/ca.crt\"".into(),
+                "6: ca_file /nonexistent/ca.crt: cannot read: ".into(),
+            ),
+            ("ca_file = \" \"".into(), "6: ca_file is empty".into()),
+            (
+                format!("ca_file = \"{key}\""),
+                format!("6: ca_file {key}: no PEM certificate"),
+            ),
+            (
+                format!("cert_file = \"{key}\"\nkey_file = \"{key}\""),
+                format!("6: cert_file {key}: no PEM certificate"),
+            ),
+            (
+                format!("cert_file = \"{ca}\"\nkey_file = \"{ca}\""),
+                format!("7: key_file {ca}: no PEM private key"),
+            ),
+            (
+                format!("cert_file = \"{ca}\"\nkey_file = \"/nonexistent/client.key\""),
+                "7: key_file /nonexistent/client.key: cannot read: ".into(),
+            ),
+            (
+                format!("cert_file = \"{ca}\"\nkey_file = \"{other_key}\""),
+                format!("6: TLS: client certificate: cert_file {ca} with key_file {other_key}"),
+            ),
+            (
+                "sni = \"not a name\"".into(),
+                "6: sni 'not a name' is not a valid DNS name".into(),
+            ),
+        ] {
+            assert_has(&toml_err(&checked(&keys)), &format!("config error: {FILE}:{want}"));
+        }
+
+        // A kind-specific key on the port's default kind says where that
+        // kind came from.
+        let text = service("10.0.0.100", &["10.0.0.1:8080"]).replace("vip =", "port = 8080\nvip =")
+            + "  [service.check]\n  path = \"/healthz\"\n";
+        assert_has(
+            &toml_err(&text),
+            &format!(
+                "config error: {FILE}:7: path is for kind \"http\" or \"https\"; this check is \"tcp\" (the default for port 8080; set kind)"
+            ),
+        );
+        let text = service("10.0.0.100", &["10.0.0.1:53"])
+            .replace("vip =", "port = 53\nproto = \"udp\"\nvip =")
+            + "  [service.check]\n  sni = \"dns\"\n";
+        assert_has(
+            &toml_err(&text),
+            &format!(
+                "config error: {FILE}:8: sni is for kind \"https\"; this check is \"none\" (the default for UDP services; set kind)"
+            ),
+        );
+    }
+
     #[test]
     fn proto_numbers() {
         assert_eq!(Proto::Tcp.number(), 6);
@@ -1604,10 +2686,10 @@ proto = "udp"
     }
 
     /// A fresh file under the temp directory (no tempfile crate needed).
-    fn tempfile() -> (std::path::PathBuf, fs::File) {
+    fn tempfile(ext: &str) -> (std::path::PathBuf, fs::File) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
-            "xdplb-config-test-{}-{}.toml",
+            "xdplb-config-test-{}-{}.{ext}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));

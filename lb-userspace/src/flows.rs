@@ -114,6 +114,19 @@ pub fn sweep(map: &mut BpfHashMap<MapData, FlowKey, Flow>, timeouts: &Timeouts) 
     })
 }
 
+/// Removes every flow (both halves) of one backend: its clients' next
+/// packets start new flows on healthy backends, which answer with a reset,
+/// so the clients reconnect at once instead of waiting on a dead peer.
+pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32) -> Result<usize> {
+    let keys: Vec<FlowKey> = map
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, f)| f.backend == backend)
+        .map(|(k, _)| k)
+        .collect();
+    Ok(keys.iter().filter(|k| map.remove(k).is_ok()).count())
+}
+
 #[cfg(test)]
 mod tests {
     use lb_common::flow::{DIR_REPLY, SEEN_SYN};

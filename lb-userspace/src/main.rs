@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod flows;
+mod health;
 mod loader;
 mod node;
 mod preflight;
@@ -36,7 +37,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::Args,
-    config::Config,
+    config::{Config, OnDown, ServiceConfig},
+    health::{Health, Target},
     loader::{Dataplane, LoadOptions, typed},
     reconcile::{ControlMaps, Desired, DesiredBackend, DesiredService, Reconciler},
     vip::VipGuard,
@@ -117,7 +119,9 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let mut reconciler = Reconciler::adopt(control, config.maglev_table_size)?;
-    let changes = reconciler.apply(&desired(&config, snat_ip)?)?;
+    let (mut health, mut health_events) = Health::new();
+    health.sync(&config)?;
+    let changes = reconciler.apply(&desired(&config, snat_ip, &health)?)?;
     log_changes(&changes);
     info!(%snat_ip, nat_ports = ?config.nat_ports, "full-NAT source");
 
@@ -125,6 +129,7 @@ async fn run(args: Args) -> Result<()> {
     if config.assign_vip {
         sync_vips(&args.iface, &config, &mut vip_guards).await?;
     }
+    write_status(&args, &health);
     // The lab (and scripts) wait for this line.
     info!("xdplb ready on {}", args.iface);
 
@@ -139,8 +144,18 @@ async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break }
+            Some(event) = health_events.recv() => {
+                // The new table first: a reset flow's next packet must
+                // already pick among the healthy backends.
+                match desired(&config, snat_ip, &health).and_then(|d| reconciler.apply(&d)) {
+                    Ok(changes) => log_changes(&changes),
+                    Err(e) => error!("applying a health change: {e:#}"),
+                }
+                on_health_event(&event, &config, &health, &mut flows, &reconciler);
+                write_status(&args, &health);
+            }
             _ = sighup.recv() => {
-                match reload(&args, &config, snat_ip, &mut reconciler) {
+                match reload(&args, &config, snat_ip, &mut reconciler, &mut health) {
                     Ok(new) => {
                         if new.assign_vip
                             && let Err(e) = sync_vips(&args.iface, &new, &mut vip_guards).await
@@ -159,6 +174,7 @@ async fn run(args: Args) -> Result<()> {
                     info!("{}", stats::backends(&backend_stats, &reconciler.backend_names())?);
                 }
                 last = now;
+                write_status(&args, &health);
             }
             _ = ageing.tick() => {
                 match flows::sweep(&mut flows, &config.timeouts) {
@@ -186,30 +202,50 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The desired data-plane state for `config` on this node.
-fn desired(config: &Config, snat_ip: Ipv4Addr) -> Result<Desired> {
+/// The desired data-plane state for `config` on this node: configured
+/// weights, with backends that failed their checks at weight 0.
+///
+/// When every backend of a service is down, the service fails open: it
+/// balances over all configured backends rather than refusing connections.
+/// A readiness check can fail everywhere at once (an etcd hiccup turns every
+/// apiserver's /readyz red) while the apiservers still serve; cutting the
+/// whole control plane off would turn a blip into an outage.
+fn desired(config: &Config, snat_ip: Ipv4Addr, health: &Health) -> Result<Desired> {
     let local = node::local_ipv4s()?;
     let services = config
         .services
         .iter()
-        .map(|s| DesiredService {
-            name: s.name.clone(),
-            key: ServiceKey {
-                vip: s.vip.octets(),
-                port: s.port.to_be_bytes(),
-                proto: s.proto.number(),
-                _pad: 0,
-            },
-            backends: s
+        .map(|s| {
+            let key = service_key(s);
+            let down = |addr| {
+                health.is_down(&Target {
+                    service: key,
+                    backend: addr,
+                })
+            };
+            let all_down = s
                 .backends
                 .iter()
-                .map(|b| DesiredBackend {
-                    name: b.name.clone(),
-                    addr: b.addr,
-                    weight: b.weight,
-                    local: local.contains(b.addr.ip()),
-                })
-                .collect(),
+                .filter(|b| b.weight > 0)
+                .all(|b| down(b.addr));
+            DesiredService {
+                name: s.name.clone(),
+                key,
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| DesiredBackend {
+                        name: b.name.clone(),
+                        addr: b.addr,
+                        weight: if down(b.addr) && !all_down {
+                            0
+                        } else {
+                            b.weight
+                        },
+                        local: local.contains(b.addr.ip()),
+                    })
+                    .collect(),
+            }
         })
         .collect();
     Ok(Desired {
@@ -220,12 +256,71 @@ fn desired(config: &Config, snat_ip: Ipv4Addr) -> Result<Desired> {
     })
 }
 
+fn service_key(s: &ServiceConfig) -> ServiceKey {
+    ServiceKey {
+        vip: s.vip.octets(),
+        port: s.port.to_be_bytes(),
+        proto: s.proto.number(),
+        _pad: 0,
+    }
+}
+
+/// Logs a backend's change of state once, says so loudly when a service
+/// has no healthy backend left, and resets the backend's flows if the
+/// service asks for it.
+fn on_health_event(
+    event: &health::Event,
+    config: &Config,
+    health: &Health,
+    flows: &mut BpfHashMap<MapData, FlowKey, Flow>,
+    reconciler: &Reconciler,
+) {
+    let Some(service) = config
+        .services
+        .iter()
+        .find(|s| service_key(s) == event.target.service)
+    else {
+        return;
+    };
+    let t = &event.transition;
+    if t.up {
+        info!("{} UP: {}", event.name, t.reason);
+        return;
+    }
+    warn!("{} DOWN: {}", event.name, t.reason);
+    let mut live = service.backends.iter().filter(|b| b.weight > 0);
+    let all_down = live.all(|b| {
+        health.is_down(&Target {
+            service: event.target.service,
+            backend: b.addr,
+        })
+    });
+    if all_down {
+        error!(
+            "service {}: ALL BACKENDS ARE DOWN; still balancing over all of them rather than refusing connections",
+            service.name
+        );
+    }
+    // Failing open keeps the backend in the table: resetting its flows
+    // would only make its clients reconnect to it.
+    if !all_down
+        && service.check.on_down == OnDown::Reset
+        && let Some(id) = reconciler.backend_id_of(event.target.backend)
+    {
+        match flows::reset_backend(flows, id) {
+            Ok(n) => warn!("{}: reset {n} flows (on_down = reset)", event.name),
+            Err(e) => error!("{}: resetting flows: {e:#}", event.name),
+        }
+    }
+}
+
 /// SIGHUP: re-read the configuration; a bad one is rejected whole.
 fn reload(
     args: &Args,
     running: &Config,
     snat_ip: Ipv4Addr,
     reconciler: &mut Reconciler,
+    health: &mut Health,
 ) -> Result<Config> {
     let new = Config::from_args(args).context("re-reading the configuration")?;
     if new.maglev_table_size != running.maglev_table_size || new.max_flows != running.max_flows {
@@ -234,7 +329,8 @@ fn reload(
         );
     }
     let snat_ip = new.snat_ip.unwrap_or(snat_ip);
-    let changes = reconciler.apply(&desired(&new, snat_ip)?)?;
+    health.sync(&new)?;
+    let changes = reconciler.apply(&desired(&new, snat_ip, health)?)?;
     info!("reloaded the configuration");
     log_changes(&changes);
     Ok(new)
@@ -262,6 +358,22 @@ async fn sync_vips(
         }
     }
     Ok(())
+}
+
+/// `--status-file`: every backend's state as JSON, replaced atomically
+/// (write a temporary file, then rename) so readers never see half of it.
+fn write_status(args: &Args, health: &Health) {
+    let Some(path) = &args.status_file else {
+        return;
+    };
+    let body = serde_json::json!({ "iface": args.iface, "backends": health.status() });
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
+    let result = std::fs::write(&tmp, serde_json::to_vec_pretty(&body).unwrap_or_default())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        warn!("writing the status file {}: {e}", path.display());
+    }
 }
 
 fn log_changes(changes: &str) {

@@ -280,6 +280,10 @@ impl Reconciler {
             .context("more than MAX_SERVICES services")
     }
 
+    pub fn backend_id_of(&self, addr: SocketAddrV4) -> Option<u32> {
+        self.backend_ids.get(&addr).copied()
+    }
+
     /// Backend id → name, for reports.
     pub fn backend_names(&self) -> HashMap<u32, String> {
         let mut names = HashMap::new();
