@@ -2,6 +2,7 @@
 //! toolchain, run the agent as root, the namespace lab, the tests that need
 //! it, and the benchmarks.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -42,6 +43,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// xdplb beside haproxy, nginx and nftables in one run: bench/results/<date>.md.
+    Bench {
+        /// Smoke run (under 2 minutes); CI may run it, results are not meaningful.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Bring up the lab, run xdplb on lb1, send traffic, print a report, tear down.
     Lab {
         /// Keep the lab up after the report, until Ctrl-C, to look around
@@ -71,6 +78,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { quick } => {
+            let bin_dir = build(true)?;
+            // The lab runs the release agent, not the debug one beside xtask.
+            // SAFETY: no other thread exists yet.
+            unsafe { std::env::set_var("XDPLB_BIN_DIR", &bin_dir) };
+            bench::run(bench::Options { quick })
+        }
         Cmd::Lab { hold } => {
             build(false)?;
             demo::run(hold)
