@@ -30,7 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "fonts-dejavu-core", // the benchmark chart's font
     // The peers the benchmarks measure xdplb against, and the load.
     "haproxy",
-    "nginx-light",
+    "nginx",
     "libnginx-mod-stream",
     "nftables",
     "wrk",
