@@ -79,6 +79,25 @@ impl Agent {
         self.proc.output()
     }
 
+    /// What a failing test prints after its message: the nonzero reason
+    /// counters and the last 40 lines of the log, so that a failure says
+    /// what the data plane did and what the agent decided. Never fails:
+    /// a counter read error is quoted instead.
+    pub fn diag(&self) -> String {
+        let counters = match self.reasons() {
+            Ok(r) => r
+                .nonzero()
+                .map(|(r, c)| format!("{}={}", r.name(), c.packets))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("(cannot read them: {e:#})"),
+        };
+        let log = self.output();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("\nreason counters: {counters}\nxdplb log (last 40 lines):\n{tail}")
+    }
+
     pub fn pins(&self) -> Vec<String> {
         fs::read_dir(&self.pin_dir)
             .map(|d| {

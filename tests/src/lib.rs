@@ -11,13 +11,16 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bed;
 pub mod bins;
 pub mod client;
+pub mod live_frames;
 pub mod netns;
 pub mod objects;
 pub mod packets;
 pub mod peer_xdp;
 pub mod proc;
+pub mod testrun;
 
 mod topology;
 

@@ -223,6 +223,20 @@ impl Lab {
             .ok_or_else(|| anyhow!("no apiserver {name}"))
     }
 
+    /// Replaces the apiserver on backend `name` with one started with
+    /// `extra` flags (`--hang`, `--unhealthy`, `--plain`), to break a
+    /// backend in a way a signal cannot. The old process is killed first:
+    /// both listen on the same port in the same namespace.
+    pub fn replace_apiserver(&mut self, name: &str, extra: &[&str]) -> Result<()> {
+        self.apiserver(name)?
+            .kill()
+            .with_context(|| format!("killing apiserver {name}"))?;
+        let api = Apiserver::start_with(self.host(name), &self.run_dir, extra)
+            .with_context(|| format!("starting apiserver {name} with {extra:?}"))?;
+        self.apiservers.insert(name.to_owned(), api);
+        Ok(())
+    }
+
     /// Every namespace name this lab owns.
     pub fn namespaces(&self) -> Vec<String> {
         netns::list()

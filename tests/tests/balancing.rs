@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    future::Future,
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -16,231 +15,20 @@ use std::{
 };
 
 use lab::{
-    Agent, Host, Lab, LabOptions,
-    client::{self, Conn, Response},
+    Lab,
+    apiserver::PORT,
+    bed::{Bed, fresh_connections, new_lab, tally},
+    client::{Conn, Response},
     packets::{FrameBuilder, IPOPT_NOP, mac_of, send_frames},
-    require_root,
 };
 use lb_common::{
     stats::{Reason, ReasonTotals},
     wire::TCP_SYN,
 };
-use tokio::task::JoinSet;
 
-const PORT: u16 = 6443;
 const BACKENDS: [&str; 3] = ["api1", "api2", "api3"];
 /// The agent's default NAT source ports.
 const NAT_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
-
-/// A lab with xdplb on lb1 and a client runtime in the client namespace.
-/// Fields drop in order: the agent stops (SIGTERM, clean detach) before the
-/// client's connections close and the lab removes the namespaces.
-struct Bed {
-    agent: Agent,
-    client: NsRuntime,
-    /// The agent's arguments, to start it again.
-    args: Vec<String>,
-    lab: Lab,
-}
-
-impl Bed {
-    /// A fresh lab, xdplb on lb1 with `--vip <vip>` and a `--backend` per
-    /// entry of `backends` (`"api1"` or `"api1@2"`), plus `extra` flags.
-    fn start(backends: &[&str], extra: &[&str]) -> Bed {
-        let lab = new_lab();
-        let mut args = vec!["--vip".to_owned(), lab.vip().to_string()];
-        for b in backends {
-            let (host, weight) = match b.split_once('@') {
-                Some((h, w)) => (h, format!("@{w}")),
-                None => (*b, String::new()),
-            };
-            args.push("--backend".into());
-            args.push(format!("{}:{PORT}{weight}", lab.host(host).ip));
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Bed::with_args(lab, args)
-    }
-
-    fn with_args(lab: Lab, args: Vec<String>) -> Bed {
-        let agent = start_agent(&lab, &args);
-        let client = NsRuntime::new(lab.host("client"));
-        Bed {
-            agent,
-            client,
-            args,
-            lab,
-        }
-    }
-
-    fn vip(&self) -> SocketAddr {
-        SocketAddr::from((self.lab.vip(), PORT))
-    }
-
-    fn reasons(&self) -> ReasonTotals {
-        self.agent
-            .reasons()
-            .unwrap_or_else(|e| panic!("reading REASON_STATS: {e:#}{}", diag(&self.agent)))
-    }
-
-    /// `n` fresh HTTPS connections to the VIP, one `/version` each; every
-    /// one must answer 200. Returns how many each backend answered.
-    fn spread(&self, n: usize) -> BTreeMap<String, usize> {
-        let vip = self.vip();
-        let results = self.client.run(fresh_connections(vip, n, 10));
-        tally(&results, n, &self.agent)
-    }
-
-    /// Opens a keep-alive connection through the VIP and asks `/version`.
-    fn open(&self) -> anyhow::Result<(Conn, Response)> {
-        let vip = self.vip();
-        self.client.run(async move {
-            let mut conn = Conn::open(vip).await?;
-            let r = conn.get("/version").await?;
-            Ok((conn, r))
-        })
-    }
-
-    /// One GET on a held connection (the connection goes in and comes back).
-    fn get(&self, conn: Conn, path: &'static str) -> (Conn, anyhow::Result<Response>) {
-        self.client.run(async move {
-            let mut conn = conn;
-            let r = conn.get(path).await;
-            (conn, r)
-        })
-    }
-}
-
-fn new_lab() -> Lab {
-    require_root();
-    Lab::start(LabOptions::default()).expect("starting the lab")
-}
-
-fn start_agent(lab: &Lab, args: &[String]) -> Agent {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.start_agent("lb1", &refs)
-        .unwrap_or_else(|e| panic!("starting xdplb on lb1 with {args:?}: {e:#}"))
-}
-
-/// A tokio runtime whose worker threads were spawned inside a lab
-/// namespace (threads inherit their creator's namespace), so sockets that
-/// tasks spawned on it open live there, and outlive any one call: a test can
-/// hold connections while it restarts the agent or sends SIGHUP.
-struct NsRuntime(tokio::runtime::Runtime);
-
-impl NsRuntime {
-    fn new(host: &Host) -> NsRuntime {
-        let rt = host
-            .ns
-            .run(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-            })
-            .and_then(|rt| Ok(rt?))
-            .unwrap_or_else(|e| panic!("starting a tokio runtime in {}: {e:#}", host.name));
-        NsRuntime(rt)
-    }
-
-    /// Runs `f` on the runtime's workers (in the namespace) and waits for it.
-    fn run<F>(&self, f: F) -> F::Output
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0
-            .block_on(self.0.spawn(f))
-            .expect("a client task panicked")
-    }
-}
-
-/// `n` fresh HTTPS connections to `addr`, one `GET /version` each, at most
-/// `parallel` at a time. Gives up launching more after 10 failures, so a
-/// broken data plane fails the test in seconds rather than minutes.
-async fn fresh_connections(
-    addr: SocketAddr,
-    n: usize,
-    parallel: usize,
-) -> Vec<Result<Response, String>> {
-    let mut tasks = JoinSet::new();
-    let mut out = Vec::with_capacity(n);
-    let (mut started, mut failed) = (0, 0);
-    loop {
-        while started < n && tasks.len() < parallel && failed < 10 {
-            tasks.spawn(async move {
-                client::get(addr, "/version")
-                    .await
-                    .map_err(|e| format!("{e:#}"))
-            });
-            started += 1;
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let r = done.unwrap_or_else(|e| Err(format!("client task failed: {e}")));
-        failed += usize::from(r.is_err());
-        out.push(r);
-    }
-    out
-}
-
-/// Which backend answered: `/version`'s gitVersion, checked against the
-/// `x-backend` header.
-fn backend_of(r: &Response) -> Result<String, String> {
-    let v: serde_json::Value = serde_json::from_str(&r.body)
-        .map_err(|e| format!("/version body is not JSON ({e}): {:?}", r.body))?;
-    let git = v["gitVersion"].as_str().unwrap_or_default();
-    if git != r.backend {
-        return Err(format!(
-            "gitVersion {git:?} but x-backend {:?}: {:?}",
-            r.backend, r.body
-        ));
-    }
-    Ok(git.to_owned())
-}
-
-/// Every one of `n` results must be a 200 from a known backend; counts them
-/// by backend.
-fn tally(results: &[Result<Response, String>], n: usize, agent: &Agent) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    let mut errors = Vec::new();
-    for r in results {
-        match r {
-            Ok(r) if r.status == 200 => match backend_of(r) {
-                Ok(b) => *counts.entry(b).or_insert(0) += 1,
-                Err(e) => errors.push(e),
-            },
-            Ok(r) => errors.push(format!("status {} from {:?}", r.status, r.backend)),
-            Err(e) => errors.push(e.clone()),
-        }
-    }
-    let answered: usize = counts.values().sum();
-    assert!(
-        errors.is_empty() && answered == n,
-        "expected {n} connections through the VIP to answer 200, {answered} did ({counts:?}); \
-         {} failed, first errors: {:#?}{}",
-        errors.len(),
-        &errors[..errors.len().min(5)],
-        diag(agent)
-    );
-    counts
-}
-
-/// What to print when something goes wrong: the counters and the log tail.
-fn diag(agent: &Agent) -> String {
-    let counters = match agent.reasons() {
-        Ok(r) => r
-            .nonzero()
-            .map(|(r, c)| format!("{}={}", r.name(), c.packets))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(e) => format!("(cannot read them: {e:#})"),
-    };
-    let log = agent.output();
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-    format!("\nreason counters: {counters}\nxdplb log (last 40 lines):\n{tail}")
-}
 
 /// How many packets a reason counted between two readings.
 fn grew(before: &ReasonTotals, after: &ReasonTotals, reason: Reason) -> u64 {
@@ -293,7 +81,7 @@ fn distributes_300_https_connections_over_three_backends() {
             n >= 300,
             "expected {} to count at least one packet per connection (300), it counted {n}{}",
             reason.name(),
-            diag(&bed.agent)
+            bed.agent.diag()
         );
     }
 }
@@ -332,12 +120,12 @@ fn keep_alive_connection_stays_on_one_backend() {
         backends.len(),
         50,
         "expected 50 answers on one connection, got {backends:?}{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     assert!(
         BACKENDS.contains(&backends[0].as_str()) && backends.iter().all(|b| *b == backends[0]),
         "expected all 50 GETs on one keep-alive connection to be answered (200) by the same backend, got {backends:?}{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 }
 
@@ -347,11 +135,11 @@ fn full_nat_backends_see_the_snat_address_and_client_sees_the_vip() {
     let lb1 = bed.lab.host("lb1").ip;
     let (conn, version) = bed
         .open()
-        .unwrap_or_else(|e| panic!("HTTPS through the VIP: {e:#}{}", diag(&bed.agent)));
+        .unwrap_or_else(|e| panic!("HTTPS through the VIP: {e:#}{}", bed.agent.diag()));
     assert_eq!(version.status, 200);
     let local = conn.local;
     let (conn, peer) = bed.get(conn, "/debug/peer");
-    let peer = peer.unwrap_or_else(|e| panic!("GET /debug/peer: {e:#}{}", diag(&bed.agent)));
+    let peer = peer.unwrap_or_else(|e| panic!("GET /debug/peer: {e:#}{}", bed.agent.diag()));
     let seen: SocketAddrV4 = peer
         .body
         .trim()
@@ -426,29 +214,8 @@ fn removing_a_backend_on_sighup_keeps_established_connections() {
     write(&file, &config_toml(&lab, &BACKENDS));
     let bed = Bed::with_args(lab, vec!["--config".into(), file.display().to_string()]);
 
-    // One keep-alive connection to each backend: new connections until
-    // every backend holds one (Maglev sends each to any of the three).
-    let mut held: BTreeMap<String, Conn> = BTreeMap::new();
-    let mut errors = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for _ in 0..100 {
-        if held.len() == 3 || Instant::now() > deadline {
-            break;
-        }
-        match bed.open() {
-            Ok((conn, r)) if r.status == 200 => {
-                held.entry(r.backend).or_insert(conn);
-            }
-            Ok((_, r)) => errors.push(format!("status {} from {:?}", r.status, r.backend)),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    assert_eq!(
-        held.keys().map(String::as_str).collect::<Vec<_>>(),
-        BACKENDS,
-        "expected to hold a connection to each backend within 100 tries / 30 s; errors: {errors:?}{}",
-        diag(&bed.agent)
-    );
+    // One keep-alive connection to each backend.
+    let mut held = bed.hold(&BACKENDS);
 
     write(&file, &config_toml(&bed.lab, &["api1", "api2"]));
     bed.agent
@@ -461,22 +228,22 @@ fn removing_a_backend_on_sighup_keeps_established_connections() {
             .output()
             .contains("reloaded")),
         "expected xdplb to log the reload within 10 s of SIGHUP{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 
     for name in ["api1", "api2"] {
-        let conn = held.remove(name).expect("held above");
+        let conn = held.remove(name).and_then(|h| h.conn).expect("held above");
         let (_conn, r) = bed.get(conn, "/version");
         match r {
             Ok(r) => assert_eq!(
                 (r.status, r.backend.as_str()),
                 (200, name),
                 "expected the connection held to {name} to still be answered by it after the reload{}",
-                diag(&bed.agent)
+                bed.agent.diag()
             ),
             Err(e) => panic!(
                 "the connection held to {name} broke when api3 was removed: {e:#}{}",
-                diag(&bed.agent)
+                bed.agent.diag()
             ),
         }
     }
@@ -484,7 +251,7 @@ fn removing_a_backend_on_sighup_keeps_established_connections() {
     assert!(
         !counts.contains_key("api3"),
         "expected no new connection to reach api3 after it was removed, got {counts:?}{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 }
 
@@ -493,7 +260,7 @@ fn long_lived_connection_survives_kill_9_and_restart() {
     let mut bed = Bed::start(&BACKENDS, &[]);
     let (mut conn, first) = bed
         .open()
-        .unwrap_or_else(|e| panic!("HTTPS through the VIP: {e:#}{}", diag(&bed.agent)));
+        .unwrap_or_else(|e| panic!("HTTPS through the VIP: {e:#}{}", bed.agent.diag()));
     assert_eq!(first.status, 200, "first GET: {first:?}");
     let backend = first.backend.clone();
 
@@ -510,11 +277,11 @@ fn long_lived_connection_survives_kill_9_and_restart() {
                     r.status,
                     r.backend,
                     r.body,
-                    diag(&bed.agent)
+                    bed.agent.diag()
                 ),
                 Err(e) => panic!(
                     "{when}, GET {i} on the connection to {backend} failed: {e:#}{}",
-                    diag(&bed.agent)
+                    bed.agent.diag()
                 ),
             }
             thread::sleep(Duration::from_millis(100));
@@ -542,11 +309,11 @@ fn long_lived_connection_survives_kill_9_and_restart() {
     let results = bed.client.run(fresh_connections(bed.vip(), 10, 5));
     tally(&results, 10, &bed.agent);
 
-    bed.agent = start_agent(&bed.lab, &bed.args);
+    bed.restart_agent();
     assert!(
         bed.agent.output().contains("adopted"),
         "expected the restarted xdplb to adopt the pinned data plane{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     conn = check(&bed, conn, "after the restart", 10);
     bed.spread(30);
@@ -570,7 +337,7 @@ fn malformed_packets_do_not_disturb_a_running_connection() {
 
     let (conn, first) = bed
         .open()
-        .unwrap_or_else(|e| panic!("HTTPS through the VIP: {e:#}{}", diag(&bed.agent)));
+        .unwrap_or_else(|e| panic!("HTTPS through the VIP: {e:#}{}", bed.agent.diag()));
     assert_eq!(first.status, 200, "first GET: {first:?}");
 
     let client = bed.lab.host("client");
@@ -653,7 +420,7 @@ fn malformed_packets_do_not_disturb_a_running_connection() {
             got >= want,
             "expected {} to grow by at least {want} after the malformed frames, it grew by {got}{}",
             reason.name(),
-            diag(&bed.agent)
+            bed.agent.diag()
         );
     }
 
@@ -661,7 +428,7 @@ fn malformed_packets_do_not_disturb_a_running_connection() {
     let again = again.unwrap_or_else(|e| {
         panic!(
             "the held connection broke after the malformed frames: {e:#}{}",
-            diag(&bed.agent)
+            bed.agent.diag()
         )
     });
     assert_eq!(
@@ -674,7 +441,7 @@ fn malformed_packets_do_not_disturb_a_running_connection() {
     assert!(
         exited.is_none(),
         "xdplb exited ({exited:?}) after the malformed frames{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 }
 
@@ -688,7 +455,7 @@ fn node_traffic_passes_while_attached() {
             .expect("reading lb1's XDP program")
             .is_some(),
         "expected an XDP program on lb1's eth0{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     let before = bed.reasons();
 
@@ -696,7 +463,7 @@ fn node_traffic_passes_while_attached() {
     if let Err(e) = client.ns.exec("ping", &["-c", "3", "-W", "1", &lb1_ip]) {
         panic!(
             "expected the client to ping lb1 ({lb1_ip}) through XDP: {e:#}{}",
-            diag(&bed.agent)
+            bed.agent.diag()
         );
     }
 
@@ -755,7 +522,7 @@ fn node_traffic_passes_while_attached() {
         ),
         Err(e) => panic!(
             "expected the client to reach lb1's own TCP service on {listen}: {e:#} (server: {served:?}){}",
-            diag(&bed.agent)
+            bed.agent.diag()
         ),
     }
     assert_eq!(served, Ok(()), "lb1's TCP service on {listen}");
@@ -767,7 +534,7 @@ fn node_traffic_passes_while_attached() {
     assert!(
         passed >= 6,
         "expected XDP to pass at least 6 of the client's packets to lb1 as pass_not_service, it counted {passed}{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 }
 
@@ -799,7 +566,7 @@ fn routed_vip_without_assigning_it() {
     assert!(
         forwarded >= 20,
         "expected the routed VIP traffic to be NATed by XDP (tx_forward ≥ 20), it counted {forwarded}{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 }
 
@@ -829,7 +596,7 @@ fn generic_mode_balances_too() {
             n >= 30,
             "expected {} to count at least 30 packets in generic mode, it counted {n}{}",
             reason.name(),
-            diag(&bed.agent)
+            bed.agent.diag()
         );
     }
 }

@@ -9,8 +9,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    future::Future,
-    net::{SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -21,14 +19,12 @@ use std::{
 };
 
 use lab::{
-    Agent, Apiserver, Host, Lab, LabOptions,
-    client::{self, Conn, Response},
-    require_root,
+    Agent,
+    bed::{Bed, new_lab},
+    client::Conn,
 };
 use serde::Deserialize;
-use tokio::task::JoinSet;
 
-const PORT: u16 = 6443;
 const BACKENDS: [&str; 3] = ["api1", "api2", "api3"];
 /// Slack on top of the worst case the check flags imply, for a loaded CI
 /// machine running two labs at once.
@@ -133,234 +129,8 @@ fn assert_not_before(what: &str, took: Duration, floor: Duration, t: Timing, age
         t.fall,
         t.interval,
         t.timeout,
-        diag(agent)
+        agent.diag()
     );
-}
-
-/// A lab with xdplb on lb1 and a client runtime in the client namespace.
-/// Fields drop in order: the agent stops (SIGTERM, clean detach) before the
-/// client's connections close and the lab removes the namespaces.
-struct Bed {
-    agent: Agent,
-    client: NsRuntime,
-    /// Backend host → the address the agent was given for it.
-    backends: BTreeMap<String, SocketAddrV4>,
-    lab: Lab,
-}
-
-impl Bed {
-    /// A fresh lab, xdplb on lb1 with `--vip <vip>` and a `--backend` per
-    /// entry of `backends` (`"api1"`, or `"api3:6444"` for another port),
-    /// plus `extra` flags.
-    fn start(backends: &[&str], extra: &[&str]) -> Bed {
-        Bed::start_in(new_lab(), backends, extra)
-    }
-
-    fn start_in(lab: Lab, backends: &[&str], extra: &[&str]) -> Bed {
-        let mut args = vec!["--vip".to_owned(), lab.vip().to_string()];
-        let mut addrs = BTreeMap::new();
-        for b in backends {
-            let (host, port) = match b.split_once(':') {
-                Some((h, p)) => (h, p.parse().expect("a port in the backend spec")),
-                None => (*b, PORT),
-            };
-            let addr = SocketAddrV4::new(lab.host(host).ip, port);
-            args.push("--backend".into());
-            args.push(addr.to_string());
-            addrs.insert(host.to_owned(), addr);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let agent = start_agent(&lab, &args);
-        let client = NsRuntime::new(lab.host("client"));
-        Bed {
-            agent,
-            client,
-            backends: addrs,
-            lab,
-        }
-    }
-
-    fn vip(&self) -> SocketAddr {
-        SocketAddr::from((self.lab.vip(), PORT))
-    }
-
-    /// The name the agent gives a backend: in single-service mode (`--vip`,
-    /// `--backend`) there is no way to name one, so config.rs names it by
-    /// its address (`BackendConfig::name`, "by default the address").
-    fn name(&self, host: &str) -> String {
-        self.backends
-            .get(host)
-            .unwrap_or_else(|| panic!("{host} is not a backend of this bed"))
-            .to_string()
-    }
-
-    /// `n` fresh HTTPS connections to the VIP, one `/version` each; every
-    /// one must answer 200. Returns how many each backend answered.
-    fn spread(&self, n: usize) -> BTreeMap<String, usize> {
-        let vip = self.vip();
-        let results = self.client.run(fresh_connections(vip, n, 10));
-        tally(&results, n, &self.agent)
-    }
-
-    /// Opens a keep-alive connection through the VIP and asks `/version`.
-    fn open(&self) -> anyhow::Result<(Conn, Response)> {
-        let vip = self.vip();
-        self.client.run(async move {
-            let mut conn = Conn::open(vip).await?;
-            let r = conn.get("/version").await?;
-            Ok((conn, r))
-        })
-    }
-
-    /// One GET on a held connection (the connection goes in and comes back).
-    fn get(&self, conn: Conn, path: &'static str) -> (Conn, anyhow::Result<Response>) {
-        self.client.run(async move {
-            let mut conn = conn;
-            let r = conn.get(path).await;
-            (conn, r)
-        })
-    }
-
-    /// Opens connections through the VIP until one has landed on each of
-    /// `wanted` (Maglev sends each new one to any backend); the others are
-    /// closed. At most 100 tries or 30 s.
-    fn hold(&self, wanted: &[&str]) -> BTreeMap<String, Held> {
-        let mut held: BTreeMap<String, Held> = BTreeMap::new();
-        let mut errors = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for _ in 0..100 {
-            if held.len() == wanted.len() || Instant::now() > deadline {
-                break;
-            }
-            match self.open() {
-                Ok((conn, r)) if r.status == 200 && wanted.contains(&r.backend.as_str()) => {
-                    held.entry(r.backend.clone()).or_insert(Held {
-                        backend: r.backend,
-                        conn: Some(conn),
-                        gets: 1,
-                    });
-                }
-                Ok((_, r)) if r.status == 200 => {}
-                Ok((_, r)) => errors.push(format!("status {} from {:?}", r.status, r.backend)),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-        assert_eq!(
-            held.keys().map(String::as_str).collect::<Vec<_>>(),
-            wanted,
-            "expected to hold a keep-alive connection to each of {wanted:?} within 100 tries / 30 s; errors: {errors:?}{}",
-            diag(&self.agent)
-        );
-        held
-    }
-
-    /// One `GET /version` on each held connection: each must still be
-    /// answered 200 by the backend it landed on.
-    fn check_held(&self, held: &mut BTreeMap<String, Held>, when: &str) {
-        for h in held.values_mut() {
-            let conn = h
-                .conn
-                .take()
-                .expect("a held connection is put back after each GET");
-            let (conn, r) = self.get(conn, "/version");
-            h.conn = Some(conn);
-            h.gets += 1;
-            match r {
-                Ok(r) => assert!(
-                    r.status == 200 && r.backend == h.backend,
-                    "{when}: expected GET {} on the connection held to {} to be answered 200 by it, got {} from {:?}{}",
-                    h.gets,
-                    h.backend,
-                    r.status,
-                    r.backend,
-                    diag(&self.agent)
-                ),
-                Err(e) => panic!(
-                    "{when}: GET {} on the connection held to {} failed: {e:#}{}",
-                    h.gets,
-                    h.backend,
-                    diag(&self.agent)
-                ),
-            }
-        }
-    }
-
-    /// The agent's log lines that contain `needle`.
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.agent
-            .output()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// Waits until the agent's log has a line containing `needle` (one more
-    /// than the `seen` it had before), at most `bound` after `since`,
-    /// calling `meanwhile` about every 200 ms. Returns the line and how long
-    /// after `since` it was seen; prints both.
-    fn wait_for_log(
-        &mut self,
-        needle: &str,
-        seen: usize,
-        since: Instant,
-        bound: Duration,
-        explain: &str,
-        mut meanwhile: impl FnMut(&Bed),
-    ) -> (String, Duration) {
-        let mut last_meanwhile = Instant::now();
-        loop {
-            let lines = self.lines_with(needle);
-            if lines.len() > seen {
-                let took = since.elapsed();
-                eprintln!("{needle:?} logged after {took:?} (bound: {explain})");
-                return (lines[seen].clone(), took);
-            }
-            if let Some(status) = self.agent.proc.child.try_wait().expect("waiting on xdplb") {
-                panic!(
-                    "xdplb exited ({status}) while we waited for {needle:?}{}",
-                    diag(&self.agent)
-                );
-            }
-            if since.elapsed() > bound {
-                panic!(
-                    "expected the agent to log {needle:?} within {bound:?} ({explain}); nothing after {:?}{}",
-                    since.elapsed(),
-                    diag(&self.agent)
-                );
-            }
-            if last_meanwhile.elapsed() >= Duration::from_millis(200) {
-                meanwhile(&*self);
-                last_meanwhile = Instant::now();
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The agent writes the DOWN/UP line just before it rewrites the Maglev
-    /// table (same loop turn); give the map write a moment so that the
-    /// first SYN of the next test step cannot race it.
-    fn settle(&self) {
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A keep-alive connection through the VIP that landed on `backend`.
-struct Held {
-    backend: String,
-    conn: Option<Conn>,
-    /// GETs sent on it so far.
-    gets: usize,
-}
-
-fn new_lab() -> Lab {
-    require_root();
-    Lab::start(LabOptions::default()).expect("starting the lab")
-}
-
-fn start_agent(lab: &Lab, args: &[String]) -> Agent {
-    lab.start_agent("lb1", &refs(args))
-        .unwrap_or_else(|e| panic!("starting xdplb on lb1 with {args:?}: {e:#}"))
 }
 
 /// The check flags of a test: `--check KIND`, the timings, then `extra`.
@@ -373,48 +143,6 @@ fn check_args(kind: &str, timing: Timing, extra: &[&str]) -> Vec<String> {
 
 fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// A tokio runtime whose worker threads were spawned inside a lab
-/// namespace (threads inherit their creator's namespace), so sockets that
-/// tasks spawned on it open live there, and outlive any one call: a test can
-/// hold connections while backends go down and come back.
-struct NsRuntime(tokio::runtime::Runtime);
-
-impl NsRuntime {
-    fn new(host: &Host) -> NsRuntime {
-        let rt = host
-            .ns
-            .run(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-            })
-            .and_then(|rt| Ok(rt?))
-            .unwrap_or_else(|e| panic!("starting a tokio runtime in {}: {e:#}", host.name));
-        NsRuntime(rt)
-    }
-
-    /// Starts `f` on the runtime's workers (in the namespace).
-    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0.spawn(f)
-    }
-
-    /// Runs `f` on the runtime's workers (in the namespace) and waits for it.
-    fn run<F>(&self, f: F) -> F::Output
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0
-            .block_on(self.0.spawn(f))
-            .expect("a client task panicked")
-    }
 }
 
 /// What [`busy_gets`] saw.
@@ -466,78 +194,6 @@ async fn busy_gets(mut conn: Conn, stop: Arc<AtomicBool>) -> BusyRun {
     run
 }
 
-/// `n` fresh HTTPS connections to `addr`, one `GET /version` each, at most
-/// `parallel` at a time. Gives up launching more after 10 failures, so a
-/// broken data plane fails the test in seconds rather than minutes.
-async fn fresh_connections(
-    addr: SocketAddr,
-    n: usize,
-    parallel: usize,
-) -> Vec<Result<Response, String>> {
-    let mut tasks = JoinSet::new();
-    let mut out = Vec::with_capacity(n);
-    let (mut started, mut failed) = (0, 0);
-    loop {
-        while started < n && tasks.len() < parallel && failed < 10 {
-            tasks.spawn(async move {
-                client::get(addr, "/version")
-                    .await
-                    .map_err(|e| format!("{e:#}"))
-            });
-            started += 1;
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let r = done.unwrap_or_else(|e| Err(format!("client task failed: {e}")));
-        failed += usize::from(r.is_err());
-        out.push(r);
-    }
-    out
-}
-
-/// Which backend answered: `/version`'s gitVersion, checked against the
-/// `x-backend` header.
-fn backend_of(r: &Response) -> Result<String, String> {
-    let v: serde_json::Value = serde_json::from_str(&r.body)
-        .map_err(|e| format!("/version body is not JSON ({e}): {:?}", r.body))?;
-    let git = v["gitVersion"].as_str().unwrap_or_default();
-    if git != r.backend {
-        return Err(format!(
-            "gitVersion {git:?} but x-backend {:?}: {:?}",
-            r.backend, r.body
-        ));
-    }
-    Ok(git.to_owned())
-}
-
-/// Every one of `n` results must be a 200 from a known backend; counts them
-/// by backend.
-fn tally(results: &[Result<Response, String>], n: usize, agent: &Agent) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    let mut errors = Vec::new();
-    for r in results {
-        match r {
-            Ok(r) if r.status == 200 => match backend_of(r) {
-                Ok(b) => *counts.entry(b).or_insert(0) += 1,
-                Err(e) => errors.push(e),
-            },
-            Ok(r) => errors.push(format!("status {} from {:?}", r.status, r.backend)),
-            Err(e) => errors.push(e.clone()),
-        }
-    }
-    let answered: usize = counts.values().sum();
-    assert!(
-        errors.is_empty() && answered == n,
-        "expected {n} connections through the VIP to answer 200, {answered} did ({counts:?}); \
-         {} failed, first errors: {:#?}{}",
-        errors.len(),
-        &errors[..errors.len().min(5)],
-        diag(agent)
-    );
-    counts
-}
-
 /// New connections must have reached only `allowed`.
 fn assert_only(counts: &BTreeMap<String, usize>, allowed: &[&str], when: &str, agent: &Agent) {
     let stray: Vec<_> = counts
@@ -547,24 +203,85 @@ fn assert_only(counts: &BTreeMap<String, usize>, allowed: &[&str], when: &str, a
     assert!(
         stray.is_empty(),
         "{when}: expected new connections to reach only {allowed:?}, got {counts:?}{}",
-        diag(agent)
+        agent.diag()
     );
 }
 
-/// What to print when something goes wrong: the counters and the log tail.
-fn diag(agent: &Agent) -> String {
-    let counters = match agent.reasons() {
-        Ok(r) => r
-            .nonzero()
-            .map(|(r, c)| format!("{}={}", r.name(), c.packets))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(e) => format!("(cannot read them: {e:#})"),
-    };
-    let log = agent.output();
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-    format!("\nreason counters: {counters}\nxdplb log (last 40 lines):\n{tail}")
+/// Waiting on the agent's log, which only these tests do, as methods of the
+/// shared [`Bed`] like the rest of its steps.
+trait LogWaits {
+    fn lines_with(&self, needle: &str) -> Vec<String>;
+    fn wait_for_log(
+        &mut self,
+        needle: &str,
+        seen: usize,
+        since: Instant,
+        bound: Duration,
+        explain: &str,
+        meanwhile: impl FnMut(&Bed),
+    ) -> (String, Duration);
+    fn settle(&self);
+}
+
+impl LogWaits for Bed {
+    /// The agent's log lines that contain `needle`.
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.agent
+            .output()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until the agent's log has a line containing `needle` (one more
+    /// than the `seen` it had before), at most `bound` after `since`,
+    /// calling `meanwhile` about every 200 ms. Returns the line and how long
+    /// after `since` it was seen; prints both.
+    fn wait_for_log(
+        &mut self,
+        needle: &str,
+        seen: usize,
+        since: Instant,
+        bound: Duration,
+        explain: &str,
+        mut meanwhile: impl FnMut(&Bed),
+    ) -> (String, Duration) {
+        let mut last_meanwhile = Instant::now();
+        loop {
+            let lines = self.lines_with(needle);
+            if lines.len() > seen {
+                let took = since.elapsed();
+                eprintln!("{needle:?} logged after {took:?} (bound: {explain})");
+                return (lines[seen].clone(), took);
+            }
+            if let Some(status) = self.agent.proc.child.try_wait().expect("waiting on xdplb") {
+                panic!(
+                    "xdplb exited ({status}) while we waited for {needle:?}{}",
+                    self.agent.diag()
+                );
+            }
+            if since.elapsed() > bound {
+                panic!(
+                    "expected the agent to log {needle:?} within {bound:?} ({explain}); nothing after {:?}{}",
+                    since.elapsed(),
+                    self.agent.diag()
+                );
+            }
+            if last_meanwhile.elapsed() >= Duration::from_millis(200) {
+                meanwhile(&*self);
+                last_meanwhile = Instant::now();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent writes the DOWN/UP line just before it rewrites the Maglev
+    /// table (same loop turn); give the map write a moment so that the
+    /// first SYN of the next test step cannot race it.
+    fn settle(&self) {
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The status file (`--status-file`), as the issue specifies it.
@@ -640,7 +357,7 @@ fn unready_backend_leaves_and_returns() {
         seen,
         0,
         "api2 went down before anything happened to it{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     bed.lab
         .apiserver("api2")
@@ -663,7 +380,7 @@ fn unready_backend_leaves_and_returns() {
     assert!(
         bed.lines_with(ALL_DOWN).is_empty(),
         "expected no {ALL_DOWN:?} with two backends up{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
 
     let up = format!("{api2} UP: ");
@@ -684,7 +401,7 @@ fn unready_backend_leaves_and_returns() {
     assert!(
         got >= 10,
         "expected api2 to get its share (about 33) of 100 new connections once UP, it got {got} ({counts:?}){}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     bed.check_held(&mut held, "api2 up again");
     // Logged once per change, not once per check.
@@ -739,13 +456,8 @@ fn hanging_backend_is_marked_down_by_https_check() {
 
     // A wedged apiserver: accepts TCP, never completes TLS or answers.
     bed.lab
-        .apiserver("api3")
-        .unwrap()
-        .kill()
-        .expect("killing api3");
-    let hung = Apiserver::start_with(bed.lab.host("api3"), &bed.lab.run_dir, &["--hang"])
-        .expect("starting a hanging api3");
-    bed.lab.apiservers.insert("api3".into(), hung);
+        .replace_apiserver("api3", &["--hang"])
+        .expect("replacing api3 with a hanging apiserver");
     let wedged = Instant::now();
 
     let (line, _) = bed.wait_for_log(
@@ -800,12 +512,12 @@ fn tcp_check_closed_port_down_open_port_up() {
     assert!(
         api1_down.is_empty(),
         "expected {api1} (listening) to stay up under the TCP check, the agent logged {api1_down:#?}{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     assert!(
         bed.lines_with(ALL_DOWN).is_empty(),
         "expected no {ALL_DOWN:?} while {api1} is up{}",
-        diag(&bed.agent)
+        bed.agent.diag()
     );
     bed.settle();
     let counts = bed.spread(20);
@@ -833,7 +545,7 @@ fn status_file_shows_every_backend() {
     let first = first.unwrap_or_else(|e| {
         panic!(
             "no status within {bound:?} of start: {e}{}",
-            diag(&bed.agent)
+            bed.agent.diag()
         )
     });
     assert!(
@@ -884,7 +596,7 @@ fn status_file_shows_every_backend() {
     let after = after.unwrap_or_else(|e| {
         panic!(
             "reading the status after api2 went down: {e}{}",
-            diag(&bed.agent)
+            bed.agent.diag()
         )
     });
     let api2 = entry(&after, &names[1])
@@ -951,7 +663,7 @@ fn all_backends_down_fails_open() {
         assert!(
             !bed.lines_with(&format!("{name} DOWN: ")).is_empty(),
             "expected a DOWN line for {b} ({name}) by the time the agent says {ALL_DOWN:?}{}",
-            diag(&bed.agent)
+            bed.agent.diag()
         );
     }
     bed.settle();
@@ -963,7 +675,7 @@ fn all_backends_down_fails_open() {
         assert!(
             got >= 5,
             "expected failing open to balance over every backend (about 20 of 60 each), {b} got {got} ({counts:?}){}",
-            diag(&bed.agent)
+            bed.agent.diag()
         );
     }
 }
@@ -1024,7 +736,7 @@ fn on_down_reset_drops_flows_of_a_dead_backend() {
             run.answered,
             run.answered_after(down_seen),
             run.last_backend,
-            diag(&bed.agent)
+            bed.agent.diag()
         ),
     }
     // Only api2's flows go: api1's connection is untouched.
