@@ -319,9 +319,26 @@ pub struct Flow {
 
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// NEXT_HOPS value: where packets to one address leave, from the kernel's
+/// FIB. Cached so that established traffic costs a hash lookup instead of
+/// a `bpf_fib_lookup` per packet (the largest cost on the forward path);
+/// refreshed after [`NEXT_HOP_TTL_NS`], so a neighbour whose MAC changed
+/// is followed within that time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NextHop {
+    pub resolved_ns: u64,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (both): repr(C), integers and byte arrays, no padding (Pod derive).
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::NextHop {}
 }

@@ -13,6 +13,8 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const MAGLEV: &str = "MAGLEV";
 /// LRU hash of [`crate::flow::FlowKey`] → [`crate::flow::Flow`].
 pub const FLOWS: &str = "FLOWS";
+/// LRU hash of next-hop address → [`crate::flow::NextHop`] (a FIB cache).
+pub const NEXT_HOPS: &str = "NEXT_HOPS";
 /// Array with one [`crate::service::DataplaneConfig`].
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU [`crate::stats::Traffic`] by service id.

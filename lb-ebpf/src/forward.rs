@@ -7,18 +7,76 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
-use lb_common::stats::Reason;
+use lb_common::{
+    flow::{NEXT_HOP_TTL_NS, NextHop},
+    stats::Reason,
+};
 
-use crate::{Verdict, maps::TX_PORTS, parse::Ipv4Packet};
+use crate::{
+    Verdict,
+    maps::{NEXT_HOPS, TX_PORTS},
+    parse::Ipv4Packet,
+};
 
 const AF_INET: u8 = 2;
 
 /// `to_backend`: the packet goes client → backend (for the counters).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = match next_hop(ctx, pkt, ingress) {
+        Ok(hop) => hop,
+        Err(reason) => return Verdict::pass(reason),
+    };
+    pkt.eth.src = hop.smac;
+    pkt.eth.dst = hop.dmac;
+    if hop.ifindex == ingress {
+        let reason = if to_backend {
+            Reason::TxForward
+        } else {
+            Reason::TxReply
+        };
+        return Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+        };
+    }
+    match TX_PORTS.redirect(hop.ifindex, 0) {
+        Ok(action) => {
+            let reason = if to_backend {
+                Reason::RedirectForward
+            } else {
+                Reason::RedirectReply
+            };
+            Verdict { action, reason }
+        }
+        // Not an interface the agent registered: let the kernel route it.
+        Err(_) => Verdict::pass(Reason::PassFibOther),
+    }
+}
+
+/// The next hop towards the packet's (rewritten) destination: from the
+/// NEXT_HOPS cache while fresh, else from the FIB, which refills the cache.
+///
+/// The cache is keyed by destination alone: xdplb's packets always leave
+/// from the node's own addresses, so source-based policy routing is not a
+/// case it serves. The FIB's MTU check runs only on a cache miss; a NATed
+/// packet is never larger than the one that arrived.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, ingress: u32) -> Result<NextHop, Reason> {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(hop) = NEXT_HOPS.get_ptr(pkt.ip.dst) {
+        // SAFETY: a valid map value; a racing refresh rewrites it whole with
+        // equally valid data.
+        let hop = unsafe { *hop };
+        if now.wrapping_sub(hop.resolved_ns) < NEXT_HOP_TTL_NS {
+            return Ok(hop);
+        }
+    }
     // SAFETY: FibParams is a plain C struct; all-zero is its documented
     // "no options" state.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
@@ -28,9 +86,7 @@ pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool) -> Verdict
     fib.__bindgen_anon_2.tos = pkt.ip.tos;
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(pkt.ip.src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(pkt.ip.dst);
-    let ingress = ctx.ingress_ifindex() as u32;
     fib.ifindex = ingress;
-
     // SAFETY: ctx and fib are valid for the call; the size is the struct's.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -45,36 +101,19 @@ pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool) -> Verdict
         // routed packet (the agent enables forwarding and accept_local on
         // the interface) and resolves the neighbour on the way, so the
         // first packet to a not-yet-resolved next hop is delayed, not lost.
-        let reason = if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             Reason::PassNoNeigh
         } else {
             Reason::PassFibOther
-        };
-        return Verdict::pass(reason);
+        });
     }
-    pkt.eth.src = fib.smac;
-    pkt.eth.dst = fib.dmac;
-    if fib.ifindex == ingress {
-        let reason = if to_backend {
-            Reason::TxForward
-        } else {
-            Reason::TxReply
-        };
-        return Verdict {
-            action: xdp_action::XDP_TX,
-            reason,
-        };
-    }
-    match TX_PORTS.redirect(fib.ifindex, 0) {
-        Ok(action) => {
-            let reason = if to_backend {
-                Reason::RedirectForward
-            } else {
-                Reason::RedirectReply
-            };
-            Verdict { action, reason }
-        }
-        // Not an interface the agent registered: let the kernel route it.
-        Err(_) => Verdict::pass(Reason::PassFibOther),
-    }
+    let hop = NextHop {
+        resolved_ns: now,
+        ifindex: fib.ifindex,
+        smac: fib.smac,
+        dmac: fib.dmac,
+    };
+    // A full cache evicts its oldest entry; failing to cache costs only speed.
+    let _ = NEXT_HOPS.insert(pkt.ip.dst, hop, 0);
+    Ok(hop)
 }

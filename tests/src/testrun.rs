@@ -32,7 +32,8 @@ pub static BENCH_XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-xdp"));
 
 /// lb-ebpf's `lab-xdp` object: `xdp_pass` and `xdp_tx_floor`.
-pub static LAB_XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab-xdp"));
+pub static LAB_XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab-xdp"));
 
 pub type Mac = [u8; 6];
 
@@ -61,7 +62,8 @@ impl PinDir {
         remove_stale_pin_dirs(prefix);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!("/sys/fs/bpf/{prefix}{}-{n}", std::process::id()));
-        fs::create_dir(&path).with_context(|| format!("creating the pin directory {}", path.display()))?;
+        fs::create_dir(&path)
+            .with_context(|| format!("creating the pin directory {}", path.display()))?;
         Ok(PinDir { path })
     }
 }
@@ -80,7 +82,10 @@ fn remove_stale_pin_dirs(prefix: &str) {
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()) else {
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+        else {
             continue;
         };
         if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -92,7 +97,10 @@ fn remove_stale_pin_dirs(prefix: &str) {
 /// Runs `f` on a new thread in a network namespace of its own, which goes
 /// away with the thread (nothing is named or mounted, so nothing can be
 /// left behind). Commands spawned from the thread run in its namespace.
-pub fn in_own_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub fn in_own_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
@@ -128,7 +136,18 @@ pub fn mac_str(mac: Mac) -> String {
 /// on lb0 for each `(address, MAC)`. Returns lb0's ifindex.
 pub fn setup_lb0(mac: Mac, addr: &str, neighbours: &[(Ipv4Addr, Mac)]) -> Result<u32> {
     let ip = |args: &[&str]| crate::netns::run(Command::new("ip").args(args)).map(|_| ());
-    ip(&["link", "add", "lb0", "address", &mac_str(mac), "type", "veth", "peer", "name", "peer0"])?;
+    ip(&[
+        "link",
+        "add",
+        "lb0",
+        "address",
+        &mac_str(mac),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ])?;
     ip(&["addr", "add", addr, "dev", "lb0"])?;
     ip(&["link", "set", "lb0", "up"])?;
     ip(&["link", "set", "peer0", "up"])?;
@@ -136,7 +155,10 @@ pub fn setup_lb0(mac: Mac, addr: &str, neighbours: &[(Ipv4Addr, Mac)]) -> Result
     // one process each.
     let mut batch = String::new();
     for (host, m) in neighbours {
-        batch.push_str(&format!("neigh add {host} lladdr {} dev lb0 nud permanent\n", mac_str(*m)));
+        batch.push_str(&format!(
+            "neigh add {host} lladdr {} dev lb0 nud permanent\n",
+            mac_str(*m)
+        ));
     }
     let mut child = Command::new("ip")
         .args(["-batch", "-"])
@@ -152,7 +174,11 @@ pub fn setup_lb0(mac: Mac, addr: &str, neighbours: &[(Ipv4Addr, Mac)]) -> Result
         .context("writing to ip -batch")?;
     let out = child.wait_with_output().context("waiting for ip -batch")?;
     if !out.status.success() {
-        bail!("adding {} neighbours: {}", neighbours.len(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "adding {} neighbours: {}",
+            neighbours.len(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     // bpf_fib_lookup answers BPF_FIB_LKUP_RET_FWD_DISABLED without it.
     fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
@@ -174,7 +200,10 @@ pub struct Ran {
 /// `ifindex` (0: none).
 pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ran> {
     if frame.len() < ETH_HDR_LEN {
-        bail!("a {}-byte frame is shorter than an Ethernet header", frame.len());
+        bail!(
+            "a {}-byte frame is shorter than an Ethernet header",
+            frame.len()
+        );
     }
     let ctx = XdpMd {
         data_end: frame.len() as u32,
@@ -190,7 +219,12 @@ pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ra
             repeat,
             ..Default::default()
         })
-        .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (repeat {repeat}) of a {}-byte frame: {e:?}", frame.len()))?;
+        .map_err(|e| {
+            anyhow!(
+                "BPF_PROG_TEST_RUN (repeat {repeat}) of a {}-byte frame: {e:?}",
+                frame.len()
+            )
+        })?;
     out.truncate(r.data_size_out as usize);
     Ok(Ran {
         return_value: r.return_value,
@@ -203,10 +237,14 @@ pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ra
 /// (its fdinfo; what `bpftool map show` prints as `memlock`).
 pub fn map_memlock(pin: &Path) -> Result<u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let info = aya::maps::MapInfo::from_pin(pin).with_context(|| format!("opening the map pinned at {}", pin.display()))?;
-    let fd = info.fd().with_context(|| format!("an fd of {}", pin.display()))?;
+    let info = aya::maps::MapInfo::from_pin(pin)
+        .with_context(|| format!("opening the map pinned at {}", pin.display()))?;
+    let fd = info
+        .fd()
+        .with_context(|| format!("an fd of {}", pin.display()))?;
     let raw = fd.as_fd().as_raw_fd();
-    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).context("reading the map's fdinfo")?;
+    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
+        .context("reading the map's fdinfo")?;
     fdinfo
         .lines()
         .find_map(|l| l.strip_prefix("memlock:"))

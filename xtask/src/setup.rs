@@ -24,9 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",      // inspecting programs and maps
     "iputils-ping", // the lab's ping
     "curl",
-    "ethtool",       // GRO on the lab's veth peers, so native XDP_TX works
-    "tcpdump",       // looking at lab traffic when a test fails
-    "python3-scapy", // malformed packets for the data-plane tests
+    "ethtool",           // GRO on the lab's veth peers, so native XDP_TX works
+    "tcpdump",           // looking at lab traffic when a test fails
+    "python3-scapy",     // malformed packets for the data-plane tests
     "fonts-dejavu-core", // the benchmark chart's font
     // The peers the benchmarks measure xdplb against, and the load.
     "haproxy",

@@ -34,7 +34,11 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    pub fn from_samples(name: impl Into<String>, unit: impl Into<String>, mut samples: Vec<f64>) -> Self {
+    pub fn from_samples(
+        name: impl Into<String>,
+        unit: impl Into<String>,
+        mut samples: Vec<f64>,
+    ) -> Self {
         samples.sort_by(f64::total_cmp);
         let n = samples.len();
         let median = match n {
@@ -78,15 +82,25 @@ pub fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
     let machine = report::Machine::probe();
     if machine.loadavg_1m > 0.5 {
-        println!("bench: the machine is busy (load average {:.2}); results will be noisier", machine.loadavg_1m);
+        println!(
+            "bench: the machine is busy (load average {:.2}); results will be noisier",
+            machine.loadavg_1m
+        );
     }
     let mut sections = Vec::new();
     // Each part is independent: one failing is reported, the rest still run.
     type Part = fn(Options) -> Result<Section>;
     let parts: &[(&str, Part)] = &[
         ("per-packet cost (BPF_PROG_TEST_RUN)", pkt::run),
+        ("per-packet cost as the flow table grows", pkt::scale),
+        ("memory of the maps", pkt::memory),
         ("forwarding rate (live frames through veth)", mpps::run),
-        ("end to end in the lab", e2e::run),
+        ("end to end in the lab: requests per second", e2e::run),
+        (
+            "end to end in the lab: LB CPU per request",
+            e2e::cpu_per_request,
+        ),
+        ("end to end in the lab: latency", e2e::latency),
     ];
     for (name, part) in parts {
         println!("bench: {name}...");

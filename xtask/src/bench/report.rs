@@ -23,11 +23,17 @@ impl Machine {
         let cpuinfo = read("/proc/cpuinfo");
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split(':').nth(1))
+            })
             .unwrap_or("unknown")
             .trim()
             .to_owned();
-        let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        let cpus = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
         let mem_kib: f64 = read("/proc/meminfo")
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -38,7 +44,11 @@ impl Machine {
             cpu,
             cpus,
             memory_gib: mem_kib / 1024.0 / 1024.0,
-            loadavg_1m: read("/proc/loadavg").split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            loadavg_1m: read("/proc/loadavg")
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
         }
     }
 }
@@ -59,16 +69,29 @@ impl Report {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_else(|_| "unknown-date".into());
-        Report { date, quick: opts.quick, duration_s: took.as_secs_f64(), machine, sections }
+        Report {
+            date,
+            quick: opts.quick,
+            duration_s: took.as_secs_f64(),
+            machine,
+            sections,
+        }
     }
 
     /// `<dir>/<date>[-quick].{md,json,png}`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stem = if self.quick { format!("{}-quick", self.date) } else { self.date.clone() };
+        let stem = if self.quick {
+            format!("{}-quick", self.date)
+        } else {
+            self.date.clone()
+        };
         let md = dir.join(format!("{stem}.md"));
         fs::write(&md, self.markdown()).with_context(|| format!("writing {}", md.display()))?;
-        fs::write(dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(self)?)?;
+        fs::write(
+            dir.join(format!("{stem}.json")),
+            serde_json::to_vec_pretty(self)?,
+        )?;
         let png = dir.join(format!("{stem}.png"));
         if let Err(e) = self.chart(&png) {
             println!("bench: no chart ({e:#})");
@@ -99,13 +122,28 @@ impl Report {
             if !sec.rows.is_empty() {
                 s.push_str("\n| what | median | min–max | unit |\n| --- | ---: | ---: | --- |\n");
                 for r in &sec.rows {
-                    let _ = writeln!(s, "| {} | {} | {}–{} | {} |", r.name, fmt(r.median), fmt(r.min), fmt(r.max), r.unit);
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {}–{} | {} |",
+                        r.name,
+                        fmt(r.median),
+                        fmt(r.min),
+                        fmt(r.max),
+                        r.unit
+                    );
                 }
             }
             if !sec.ratios.is_empty() {
                 s.push_str("\n| ratio | value | goal | met |\n| --- | ---: | --- | --- |\n");
                 for r in &sec.ratios {
-                    let _ = writeln!(s, "| {} | {:.2} | {} | {} |", r.what, r.value, r.goal, if r.met { "yes" } else { "**no**" });
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.2} | {} | {} |",
+                        r.what,
+                        r.value,
+                        r.goal,
+                        if r.met { "yes" } else { "**no**" }
+                    );
                 }
             }
         }
@@ -116,7 +154,13 @@ impl Report {
         println!("\n{:<58} {:>8} {:<28} met", "ratio", "value", "goal");
         for sec in &self.sections {
             for r in &sec.ratios {
-                println!("{:<58} {:>8.2} {:<28} {}", r.what, r.value, r.goal, if r.met { "yes" } else { "NO" });
+                println!(
+                    "{:<58} {:>8.2} {:<28} {}",
+                    r.what,
+                    r.value,
+                    r.goal,
+                    if r.met { "yes" } else { "NO" }
+                );
             }
             for n in sec.notes.iter().filter(|n| n.starts_with("FAILED")) {
                 println!("{}: {n}", sec.title);
@@ -131,19 +175,35 @@ impl Report {
         let font: &'static [u8] = Box::leak(font.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, font)
             .map_err(|_| anyhow::anyhow!("registering the chart font"))?;
-        let sections: Vec<&Section> = self.sections.iter().filter(|s| !s.rows.is_empty()).collect();
+        let sections: Vec<&Section> = self
+            .sections
+            .iter()
+            .filter(|s| !s.rows.is_empty())
+            .collect();
         if sections.is_empty() {
             return Ok(());
         }
-        let height = sections.iter().map(|s| 80 + 28 * s.rows.len() as u32).sum::<u32>();
+        let height = sections
+            .iter()
+            .map(|s| 80 + 28 * s.rows.len() as u32)
+            .sum::<u32>();
         let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
         root.fill(&WHITE)?;
-        let heights: Vec<u32> = sections.iter().map(|s| 80 + 28 * s.rows.len() as u32).collect();
+        let heights: Vec<u32> = sections
+            .iter()
+            .map(|s| 80 + 28 * s.rows.len() as u32)
+            .collect();
         let mut rest = root;
         for (sec, h) in sections.iter().zip(heights) {
             let (area, below) = rest.split_vertically(h);
             rest = below;
-            let max = sec.rows.iter().map(|r| r.max).fold(0.0f64, f64::max).max(1e-9) * 1.1;
+            let max = sec
+                .rows
+                .iter()
+                .map(|r| r.max)
+                .fold(0.0f64, f64::max)
+                .max(1e-9)
+                * 1.1;
             let n = sec.rows.len();
             let unit = sec.rows[0].unit.clone();
             let mut chart = ChartBuilder::on(&area)
@@ -163,15 +223,25 @@ impl Report {
                 .label_style(("sans-serif", 13))
                 .draw()?;
             chart.draw_series(sec.rows.iter().enumerate().map(|(i, r)| {
-                let color = if r.name.starts_with("xdplb") { BLUE.mix(0.7) } else { BLACK.mix(0.35) };
+                let color = if r.name.starts_with("xdplb") {
+                    BLUE.mix(0.7)
+                } else {
+                    BLACK.mix(0.35)
+                };
                 Rectangle::new(
-                    [(0.0, SegmentValue::Exact(i)), (r.median, SegmentValue::Exact(i + 1))],
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (r.median, SegmentValue::Exact(i + 1)),
+                    ],
                     color.filled(),
                 )
             }))?;
             chart.draw_series(sec.rows.iter().enumerate().map(|(i, r)| {
                 PathElement::new(
-                    vec![(r.min, SegmentValue::CenterOf(i)), (r.max, SegmentValue::CenterOf(i))],
+                    vec![
+                        (r.min, SegmentValue::CenterOf(i)),
+                        (r.max, SegmentValue::CenterOf(i)),
+                    ],
                     BLACK.stroke_width(2),
                 )
             }))?;

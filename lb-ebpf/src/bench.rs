@@ -1,0 +1,173 @@
+//! Wrappers that let BPF_PROG_TEST_RUN measure xdplb's packet path
+//! (`cargo xtask bench`, per-packet cost). Not part of the product.
+//!
+//! A non-live test run hands the program the same buffer on every repeat
+//! without resetting it, so a NAT program would see its own output from
+//! the second repeat on and take another path (a reply to nobody, a pass).
+//! Each wrapper therefore saves the first [`SAVED`] bytes, runs the real
+//! path (`lb_ebpf::process`, counted like the entry program counts it),
+//! and puts the bytes back, so every repeat sees the original frame.
+//! `bench_noop` does only the save and restore; the benchmark subtracts it.
+//!
+//! The `_spray` variants first give the frame a client tuple of their own
+//! (source address 10.64.x.y and source port from a per-CPU sequence), so
+//! every repeat is a new flow (`BENCH_CYCLE` 0), or cycles over `BENCH_CYCLE`
+//! flows the benchmark put into FLOWS. Checksums are left stale: the
+//! program updates them incrementally and never verifies them.
+//!
+//! Bench frames are IPv4 without options, TCP, at least [`SAVED`] bytes.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_ebpf::{maps, process};
+
+/// Bytes saved and restored: Ethernet + IPv4 (no options) + TCP header
+/// with its checksum, everything NAT rewrites.
+const SAVED: usize = 64;
+type Head = [u64; SAVED / 8];
+
+/// Offsets into a bench frame of the client address's last two bytes and
+/// of the TCP source port.
+const SRC_IP_LOW: usize = 14 + 12 + 2;
+const SPORT: usize = 14 + 20;
+
+/// The next tuple index, per CPU (the test run stays on one CPU).
+#[map(name = "BENCH_SEQ")]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// 0: the index only grows (a new flow every repeat); n: it wraps at n.
+#[map(name = "BENCH_CYCLE")]
+static BENCH_CYCLE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn head(ctx: &XdpContext) -> Option<*mut Head> {
+    if ctx.data() + SAVED > ctx.data_end() {
+        return None;
+    }
+    Some(ctx.data() as *mut Head)
+}
+
+// Volatile so the compiler cannot drop a restore of bytes it thinks
+// unchanged (bench_noop would then measure nothing).
+#[inline(always)]
+fn save(ctx: &XdpContext) -> Option<Head> {
+    // SAFETY: `head` bounds-checked the SAVED bytes.
+    head(ctx).map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+/// Puts the saved bytes back; the packet pointers are checked again because
+/// the verifier forgets them across the helper calls in between.
+#[inline(always)]
+fn restore(ctx: &XdpContext, saved: &Head) -> bool {
+    match head(ctx) {
+        // SAFETY: as in `save`.
+        Some(p) => {
+            unsafe { core::ptr::write_volatile(p, *saved) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Writes the next client tuple into the frame (not into `saved`, so the
+/// restore puts the template back).
+#[inline(always)]
+fn next_tuple(ctx: &XdpContext) -> Option<()> {
+    let seq = BENCH_SEQ.get_ptr_mut(0)?;
+    let cycle = BENCH_CYCLE.get(0).copied().unwrap_or(0);
+    // SAFETY: a per-CPU slot; only this CPU touches it while we run.
+    let i = unsafe {
+        let i = *seq;
+        let next = i.wrapping_add(1);
+        *seq = if cycle != 0 && next >= cycle { 0 } else { next };
+        i
+    };
+    let p = head(ctx)? as *mut u8;
+    // SAFETY: both offsets lie within the SAVED bytes `head` checked.
+    unsafe {
+        *p.add(SRC_IP_LOW) = (i >> 24) as u8;
+        *p.add(SRC_IP_LOW + 1) = (i >> 16) as u8;
+        *p.add(SPORT) = (i >> 8) as u8;
+        *p.add(SPORT + 1) = i as u8;
+    }
+    Some(())
+}
+
+/// The entry program's body (main.rs), between save and restore.
+#[inline(always)]
+fn lb(ctx: &XdpContext, saved: &Head) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = process(ctx);
+    maps::count_reason(verdict.reason, len);
+    if !restore(ctx, saved) {
+        return xdp_action::XDP_ABORTED;
+    }
+    verdict.action
+}
+
+/// Exactly the entry program (main.rs), for one-shot checks of the output
+/// frame (the wrappers hand back the restored input).
+#[xdp]
+pub fn bench_entry(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = process(&ctx);
+    maps::count_reason(verdict.reason, len);
+    verdict.action
+}
+
+#[xdp]
+pub fn bench_noop(ctx: XdpContext) -> u32 {
+    let Some(saved) = save(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if !restore(&ctx, &saved) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_lb(ctx: XdpContext) -> u32 {
+    let Some(saved) = save(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    lb(&ctx, &saved)
+}
+
+#[xdp]
+pub fn bench_noop_spray(ctx: XdpContext) -> u32 {
+    let Some(saved) = save(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if next_tuple(&ctx).is_none() || !restore(&ctx, &saved) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_lb_spray(ctx: XdpContext) -> u32 {
+    let Some(saved) = save(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if next_tuple(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    lb(&ctx, &saved)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
