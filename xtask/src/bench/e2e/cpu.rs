@@ -1,0 +1,218 @@
+//! Where the work runs and how much of it there was: per-CPU busy time from
+//! `/proc/stat`, RPS and threaded NAPI inside a lab namespace, pinning.
+
+use std::{fs, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+/// The CPU the load generator and the backends run on.
+pub const LOAD_CPU: usize = 0;
+/// The CPU the load balancer's work is steered to and measured on.
+pub const LB_CPU: usize = 1;
+
+/// Busy time of one CPU so far, in seconds: every `/proc/stat` column but
+/// idle and iowait (guest time is already inside user).
+pub fn busy_seconds(cpu: usize) -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let tag = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(tag.as_str()))
+        .with_context(|| format!("no {tag} line in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    if v.len() < 8 {
+        bail!("short {tag} line in /proc/stat: {line}");
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / hz)
+}
+
+/// Writes `value` to `path` under `/sys/class/net` as seen from namespace
+/// `ns`, and reads it back. `ip netns exec` remounts /sys for the namespace;
+/// a process that only entered the network namespace (nsenter --net) would
+/// see the root namespace's devices there instead.
+pub fn write_net_sysfs(ns: &str, path: &str, value: &str) -> Result<String> {
+    let full = format!("/sys/class/net/{path}");
+    let script = format!("echo {value} > {full} && cat {full}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &script])
+        .output()
+        .with_context(|| format!("writing {full} in {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "writing {value} to {full} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Steers received packets of `ns`'s eth0 to `cpu` with RPS (veth has one
+/// queue and no interrupt: RPS is the only steering there is).
+pub fn steer_rx(ns: &str, cpu: usize) -> Result<()> {
+    let mask = format!("{:x}", 1u64 << cpu);
+    let got = write_net_sysfs(ns, "eth0/queues/rx-0/rps_cpus", &mask)?;
+    if u64::from_str_radix(got.replace(',', "").trim_start_matches('0'), 16).unwrap_or(0)
+        != 1u64 << cpu
+    {
+        bail!("RPS mask of eth0 in {ns} reads {got:?} after writing {mask}");
+    }
+    Ok(())
+}
+
+/// PIDs of the kernel's threaded-NAPI threads for devices named `dev`
+/// (`napi/<dev>-<napi id>`), in every namespace: the caller tells its own
+/// apart by taking the ones that appeared after it enabled threading.
+pub fn napi_threads(dev: &str) -> Vec<i32> {
+    let prefix = format!("napi/{dev}-");
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim().starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// Makes NAPI of `dev` in `ns` threaded and pins its new kthreads to `cpu`;
+/// returns their PIDs. The setting dies with the device (and the device
+/// with the namespace); a veth's NAPI instance itself goes away when XDP is
+/// detached from it.
+///
+/// `before` is `napi_threads(dev)` taken before the NAPI instance came to
+/// be: once a device has been threaded, a NAPI added later (XDP attached
+/// again) gets its kthread at once, not when we write the flag.
+pub fn thread_napi(ns: &str, dev: &str, cpu: usize, before: &[i32]) -> Result<Vec<i32>> {
+    let got = write_net_sysfs(ns, &format!("{dev}/threaded"), "1")?;
+    if got != "1" {
+        bail!("{dev} in {ns}: threaded NAPI reads {got:?} after writing 1");
+    }
+    // The kthreads are created synchronously by the write.
+    let new: Vec<i32> = napi_threads(dev)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    if new.is_empty() {
+        bail!("{dev} in {ns}: threaded NAPI is on but no new napi/{dev}-* kthread appeared");
+    }
+    for pid in &new {
+        pin(*pid, cpu, false)?;
+    }
+    Ok(new)
+}
+
+/// `taskset -p` (`-a`: every thread of the process).
+pub fn pin(pid: i32, cpu: usize, all_threads: bool) -> Result<()> {
+    let mut cmd = Command::new("taskset");
+    if all_threads {
+        cmd.arg("-a");
+    }
+    cmd.args(["-pc", &cpu.to_string(), &pid.to_string()]);
+    let out = cmd.output().context("running taskset")?;
+    if !out.status.success() {
+        bail!(
+            "pinning pid {pid} to cpu{cpu}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Seconds of CPU a process and its children (nginx's worker) have used.
+pub fn tree_seconds(pid: i32) -> f64 {
+    let children: Vec<i32> = fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|c| ppid(*c) == Some(pid))
+                .collect()
+        })
+        .unwrap_or_default();
+    task_seconds(pid).unwrap_or(0.0)
+        + children
+            .iter()
+            .filter_map(|c| task_seconds(*c))
+            .sum::<f64>()
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Seconds of CPU a process (or kthread) has used: utime + stime.
+pub fn task_seconds(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised comm, which may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // state is field 3 overall (index 0 here); utime 14, stime 15.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// An exclusive lock shared by every `cargo xtask bench` on this machine:
+/// two runs pinning work to the same CPUs would measure each other.
+pub struct MachineLock {
+    _file: fs::File,
+}
+
+pub const LOCK_PATH: &str = "/run/lock/xdplb-bench-e2e.lock";
+
+impl MachineLock {
+    /// Waits for the lock up to `max`; `Ok(None)` if another run held it
+    /// all that time.
+    pub fn acquire(max: std::time::Duration) -> Result<Option<MachineLock>> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_PATH)
+            .with_context(|| format!("opening {LOCK_PATH}"))?;
+        let deadline = std::time::Instant::now() + max;
+        let mut said = false;
+        loop {
+            // SAFETY: flock on a descriptor we own; released when it is closed.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(MachineLock { _file: file }));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            if !said {
+                println!("bench e2e: another bench holds {LOCK_PATH}; waiting (up to {max:?})");
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
+/// Packets dropped so far because `cpu`'s backlog (where RPS queues them)
+/// was full: the second column of `/proc/net/softnet_stat`, one row per CPU.
+pub fn backlog_drops(cpu: usize) -> u64 {
+    fs::read_to_string("/proc/net/softnet_stat")
+        .ok()
+        .and_then(|s| {
+            let row = s.lines().nth(cpu)?;
+            u64::from_str_radix(row.split_whitespace().nth(1)?, 16).ok()
+        })
+        .unwrap_or(0)
+}
