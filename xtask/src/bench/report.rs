@@ -216,6 +216,7 @@ impl Report {
             chart
                 .configure_mesh()
                 .disable_y_mesh()
+                .y_labels(n)
                 .y_label_formatter(&|v| match v {
                     SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
                     _ => String::new(),
