@@ -25,9 +25,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -39,7 +37,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
 use lb_common::{
     maglev::{MaglevBackend, build_table},
     maps,
@@ -49,18 +47,14 @@ use lb_common::{
     stats::{Counter, Reason, ReasonTotals, Traffic},
     wire::TCP_ACK,
 };
-use nix::{sched::CpuSet, unistd::Pid};
 
 use crate::{
     Netns,
     netns::{self, run as run_cmd},
-    objects::XDPLB_OBJECT,
+    objects::{LAB_XDP_OBJECT, XDPLB_OBJECT},
     packets::FrameBuilder,
+    testrun::{Mac, PinDir, XdpMd, is_gone, mac_str, owner_pid, pin_to_cpu},
 };
-
-static LAB_XDP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab-xdp"));
-
-type Mac = [u8; 6];
 
 /// Namespaces of this rig: `xbm<pid>-<n>`.
 const NS_PREFIX: &str = "xbm";
@@ -192,14 +186,11 @@ pub fn run<T: Send + 'static>(
     );
     let ns = Netns::create(&format!("{NS_PREFIX}{id}"))?;
     setup_network(&ns).with_context(|| format!("setting up the veth pair in {}", ns.name))?;
-    let pins = PinDir::create(&id)?;
+    let pins = PinDir::create(PIN_PREFIX)?;
     let pin_path = pins.path.clone();
     let ns_name = ns.name.clone();
     let result = ns.run(move || -> Result<T> {
-        let mut set = CpuSet::new();
-        set.set(opts.cpu)?;
-        nix::sched::sched_setaffinity(Pid::from_raw(0), &set)
-            .with_context(|| format!("pinning the generator to CPU {}", opts.cpu))?;
+        pin_to_cpu(opts.cpu)?;
         let mut rig = Rig::load(opts, ns_name, &pin_path)?;
         let out = f(&mut rig);
         // Detach (links drop with their programs) in the namespace, before
@@ -210,10 +201,6 @@ pub fn run<T: Send + 'static>(
     drop(pins);
     drop(ns);
     result
-}
-
-fn mac_str(mac: Mac) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 fn setup_network(ns: &Netns) -> Result<()> {
@@ -255,18 +242,6 @@ fn setup_network(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// `struct xdp_md`, BPF_PROG_RUN's context for XDP.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
 /// The loaded programs; lives on the namespace's thread.
 pub struct Rig {
     opts: RigOptions,
@@ -298,7 +273,7 @@ impl Rig {
         let mut generator = EbpfLoader::new()
             .override_global("GEN_FRAME", &words, true)
             .override_global("GEN_FLOW_MASK", &mask, true)
-            .load(LAB_XDP)
+            .load(LAB_XDP_OBJECT)
             .context("loading the lab XDP object (generator)")?;
         xdp(&mut generator, "xdp_bench_gen")?.load()?;
         check_generator(&generator)?;
@@ -591,7 +566,7 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 }
 
 fn lab_program(name: &str) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(LAB_XDP).context("loading the lab XDP object")?;
+    let mut ebpf = Ebpf::load(LAB_XDP_OBJECT).context("loading the lab XDP object")?;
     xdp(&mut ebpf, name)?
         .load()
         .with_context(|| format!("loading {name}"))?;
@@ -685,46 +660,12 @@ fn load_xdplb(pins: &std::path::Path) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// A bpffs directory for xdplb's pins, removed (pins and all) on drop.
-struct PinDir {
-    path: PathBuf,
-}
-
-impl PinDir {
-    fn create(id: &str) -> Result<PinDir> {
-        let path = PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{id}"));
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(PinDir { path })
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("removing {}: {e}", self.path.display());
-        }
-    }
-}
-
-/// The pid in `<prefix><pid>-<n>`, if `name` is one of ours.
-fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
-    name.strip_prefix(prefix)?.split_once('-')?.0.parse().ok()
-}
-
-/// Removes namespaces and pin directories of runs whose process is gone.
+/// Removes namespaces of runs whose process is gone (their pin directories
+/// go when the next [`PinDir`] of the prefix is made).
 fn sweep_stale() {
-    let gone = |pid: u32| !PathBuf::from(format!("/proc/{pid}")).exists();
     for ns in netns::list() {
-        if owner_pid(&ns, NS_PREFIX).is_some_and(gone) {
+        if owner_pid(&ns, NS_PREFIX).is_some_and(is_gone) {
             netns::remove_netns(&ns);
-        }
-    }
-    if let Ok(dir) = fs::read_dir("/sys/fs/bpf") {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if owner_pid(&name, PIN_PREFIX).is_some_and(gone) {
-                let _ = fs::remove_dir_all(e.path());
-            }
         }
     }
 }

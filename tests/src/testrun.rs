@@ -1,8 +1,8 @@
 //! BPF_PROG_TEST_RUN of XDP programs outside any lab: a namespace of the
 //! caller's thread with one veth (`lb0`) and permanent neighbours, a private
 //! bpffs pin directory, and one call that runs a program on a frame as if
-//! it arrived on lb0. Used by `cargo xtask bench` (per-packet cost); the
-//! same approach as tests/tests/dataplane.rs.
+//! it arrived on lb0. Used by tests/tests/dataplane.rs and by `cargo xtask
+//! bench` (per-packet cost; the live-frames rig shares its pieces).
 //!
 //! Running with `xdp_md.ingress_ifindex` set (kernel 5.12+) makes the
 //! program's `bpf_fib_lookup` route in the namespace as on a node, so a
@@ -20,20 +20,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use bytemuck::{Pod, Zeroable};
 use lb_common::wire::ETH_HDR_LEN;
 use nix::sched::{CloneFlags, unshare};
-
-/// lb-ebpf's `bench-xdp` object: xdplb's packet path in save/restore
-/// wrappers (lb-ebpf/src/bench.rs), with xdplb's maps and two of its own.
-pub static BENCH_XDP_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-xdp"));
-
-/// lb-ebpf's `lab-xdp` object: `xdp_pass` and `xdp_tx_floor`.
-pub static LAB_XDP_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab-xdp"));
 
 pub type Mac = [u8; 6];
 
@@ -76,19 +67,25 @@ impl Drop for PinDir {
     }
 }
 
+/// The pid in `<prefix><pid>-<n>`, if `name` is one of ours. A number, so
+/// that `xdplb-bench-` does not claim `xdplb-bench-mpps-<pid>-<n>`.
+pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.split_once('-')?.0.parse().ok()
+}
+
+/// Whether the process `pid` is gone (its leftovers are stale).
+pub fn is_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Pin directories of processes that were killed before their guards ran.
 fn remove_stale_pin_dirs(prefix: &str) {
     let Ok(dir) = fs::read_dir("/sys/fs/bpf") else {
         return;
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if owner_pid(&name, prefix).is_some_and(is_gone) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -96,7 +93,8 @@ fn remove_stale_pin_dirs(prefix: &str) {
 
 /// Runs `f` on a new thread in a network namespace of its own, which goes
 /// away with the thread (nothing is named or mounted, so nothing can be
-/// left behind). Commands spawned from the thread run in its namespace.
+/// left behind). Commands spawned from the thread run in its namespace
+/// (fork copies the calling thread's).
 pub fn in_own_netns<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -104,7 +102,13 @@ pub fn in_own_netns<T: Send + 'static>(
     thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
+            let host_ns = fs::read_link("/proc/thread-self/ns/net");
             unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+            let own_ns = fs::read_link("/proc/thread-self/ns/net");
+            ensure!(
+                host_ns.ok() != own_ns.ok(),
+                "the test-run thread is still in the host's network namespace"
+            );
             f()
         })
         .context("spawning a thread")?
@@ -196,15 +200,16 @@ pub struct Ran {
     pub per_repeat: Duration,
 }
 
-/// Runs `prog` `repeat` times on `frame` (at least 14 bytes) arriving on
-/// `ifindex` (0: none).
+/// Runs `prog` `repeat` times on `frame` arriving on `ifindex` (0: none).
 pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ran> {
-    if frame.len() < ETH_HDR_LEN {
-        bail!(
-            "a {}-byte frame is shorter than an Ethernet header",
-            frame.len()
-        );
-    }
+    // The kernel refuses less than ETH_HLEN bytes of data. A shorter frame
+    // is padded to 14 bytes and `ctx.data_end` ends the linear part, which
+    // is all the program sees, after the frame's own bytes; the padding
+    // goes into a fragment (kernel 6.18, fe9544ed1a2e "bpf: Support
+    // specifying linear xdp packet data size for BPF_PROG_TEST_RUN"; older
+    // kernels want data_end == data_size_in and refuse a short frame).
+    let mut data_in = frame.to_vec();
+    data_in.resize(frame.len().max(ETH_HDR_LEN), 0);
     let ctx = XdpMd {
         data_end: frame.len() as u32,
         ingress_ifindex: ifindex,
@@ -213,7 +218,7 @@ pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ra
     let mut out = vec![0u8; frame.len().max(4096)];
     let r = prog
         .test_run(TestRunOptions {
-            data_in: Some(frame),
+            data_in: Some(&data_in),
             data_out: Some(&mut out),
             ctx_in: Some(bytemuck::bytes_of(&ctx)),
             repeat,
@@ -225,7 +230,14 @@ pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Ra
                 frame.len()
             )
         })?;
-    out.truncate(r.data_size_out as usize);
+    // The output is the linear part and the fragments: the frame, and the
+    // padding of a short one, which the program never saw.
+    let out_len = if frame.len() < ETH_HDR_LEN {
+        frame.len()
+    } else {
+        r.data_size_out as usize
+    };
+    out.truncate(out_len);
     Ok(Ran {
         return_value: r.return_value,
         frame: out,

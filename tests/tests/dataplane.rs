@@ -21,24 +21,19 @@
 
 use std::{
     fmt::Write as _,
-    fs,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
-    thread,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
 };
-use bytemuck::{Pod, Zeroable};
 use lab::{
     objects::XDPLB_OBJECT,
     packets::{FrameBuilder, IPOPT_NOP},
     require_root,
+    testrun::{self, Mac, PinDir},
 };
 use lb_common::{
     csum::{checksum, fold, pseudo_header_sum, sum},
@@ -52,12 +47,9 @@ use lb_common::{
     stats::{Counter, Reason, ReasonTotals},
     wire::{ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_SYN},
 };
-use nix::sched::{CloneFlags, unshare};
 
 // ---------------------------------------------------------------------------
 // The node under test: addresses, services, backends.
-
-type Mac = [u8; 6];
 
 /// lb0's address: the node's own, and the SNAT source towards backends.
 const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -361,126 +353,24 @@ fn new_flow_to(backend: SocketAddrV4, template: impl Fn(Wire) -> Vec<u8> + 'stat
 // ---------------------------------------------------------------------------
 // The loaded program, its maps, and running cases.
 
-/// A bpffs directory for one test's pins, removed (pins and all) on drop.
-struct PinDir {
-    path: PathBuf,
-}
-
 const PIN_PREFIX: &str = "xdplb-dataplane-test-";
 
-impl PinDir {
-    fn create() -> PinDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        remove_stale_pin_dirs();
-        let pid = std::process::id();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{pid}-{n}"));
-        fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("creating the pin directory {}: {e}", path.display()));
-        PinDir { path }
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("removing {}: {e}", self.path.display());
-        }
-    }
-}
-
-/// Pin directories of test processes that were killed before their guards
-/// ran (the process id in the name no longer exists).
-fn remove_stale_pin_dirs() {
-    let Ok(dir) = fs::read_dir("/sys/fs/bpf") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PIN_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !pid.is_empty() && !PathBuf::from(format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 /// Runs `f` on a new thread in a network namespace of its own; the namespace
-/// and its interfaces go away when the thread ends. Commands spawned from
-/// the thread run in its namespace (fork copies the calling thread's).
+/// and its interfaces go away when the thread ends.
 fn in_own_netns<T: Send + 'static>(test: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     require_root();
-    thread::Builder::new()
-        .name(test.to_owned())
-        .spawn(move || {
-            let host_ns = fs::read_link("/proc/thread-self/ns/net");
-            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            let own_ns = fs::read_link("/proc/thread-self/ns/net");
-            assert_ne!(
-                host_ns.ok(),
-                own_ns.ok(),
-                "the test thread is still in the host's network namespace"
-            );
-            f()
-        })
-        .expect("spawning the test thread")
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-fn mac_str(mac: Mac) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
+    testrun::in_own_netns(test, move || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// lb0 with the node's address, forwarding on, neighbours resolved. Returns
 /// lb0's ifindex.
 fn setup_network() -> u32 {
-    let ip = |args: &[&str]| {
-        lab::netns::run(Command::new("ip").args(args))
-            .unwrap_or_else(|e| panic!("setting up the test namespace: {e:#}"));
-    };
-    let lb_mac = mac_str(LB_MAC);
-    ip(&[
-        "link", "add", "lb0", "address", &lb_mac, "type", "veth", "peer", "name", "peer0",
-    ]);
-    ip(&["addr", "add", &format!("{SNAT}/24"), "dev", "lb0"]);
-    ip(&["link", "set", "lb0", "up"]);
-    ip(&["link", "set", "peer0", "up"]);
-    let hosts = [(CLIENT, CLIENT_MAC), (CLIENT_B, CLIENT_B_MAC)]
+    let hosts: Vec<(Ipv4Addr, Mac)> = [(CLIENT, CLIENT_MAC), (CLIENT_B, CLIENT_B_MAC)]
         .into_iter()
-        .chain(BACKEND_HOSTS);
-    for (host, mac) in hosts {
-        ip(&[
-            "neigh",
-            "add",
-            &host.to_string(),
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            "lb0",
-            "nud",
-            "permanent",
-        ]);
-    }
-    // bpf_fib_lookup answers BPF_FIB_LKUP_RET_FWD_DISABLED without it.
-    fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling IPv4 forwarding");
-    nix::net::if_::if_nametoindex("lb0").expect("lb0's ifindex")
-}
-
-/// `struct xdp_md`, the context BPF_PROG_TEST_RUN takes for XDP.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
+        .chain(BACKEND_HOSTS)
+        .collect();
+    testrun::setup_lb0(LB_MAC, &format!("{SNAT}/24"), &hosts)
+        .unwrap_or_else(|e| panic!("setting up the test namespace: {e:#}"))
 }
 
 struct Dataplane {
@@ -494,7 +384,7 @@ impl Dataplane {
     /// as the agent writes them for the two services.
     fn start() -> Dataplane {
         let ifindex = setup_network();
-        let pins = PinDir::create();
+        let pins = PinDir::create(PIN_PREFIX).unwrap_or_else(|e| panic!("{e:#}"));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.path)
             .map_max_entries(maps::FLOWS, MAX_FLOWS)
@@ -650,38 +540,9 @@ impl Dataplane {
             .unwrap()
             .try_into()
             .unwrap();
-        // The kernel refuses less than ETH_HLEN bytes of data. A shorter
-        // frame is padded to 14 bytes and `ctx.data_end` ends the linear
-        // part, which is all the program sees, after the frame's own bytes;
-        // the padding goes into a fragment (kernel 6.18, fe9544ed1a2e "bpf:
-        // Support specifying linear xdp packet data size for
-        // BPF_PROG_TEST_RUN"; older kernels want data_end == data_size_in).
-        let mut data_in = frame.to_vec();
-        data_in.resize(frame.len().max(ETH_HDR_LEN), 0);
-        let ctx = XdpMd {
-            data_end: frame.len() as u32,
-            ingress_ifindex: self.ifindex,
-            ..XdpMd::zeroed()
-        };
-        let mut data_out = vec![0u8; 4096];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&data_in),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(bytemuck::bytes_of(&ctx)),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {e:?}", frame.len()));
-        // The output is the linear part and the fragments: the frame, and
-        // the padding of a short one, which the program never saw.
-        let out_len = if frame.len() < ETH_HDR_LEN {
-            frame.len()
-        } else {
-            result.data_size_out as usize
-        };
-        data_out.truncate(out_len);
-        (result.return_value, data_out)
+        let ran =
+            testrun::run_xdp(prog, frame, self.ifindex, 1).unwrap_or_else(|e| panic!("{e:#}"));
+        (ran.return_value, ran.frame)
     }
 
     /// Runs `case`, panicking with everything that differs; returns the

@@ -29,8 +29,9 @@ use aya::{
     programs::Xdp,
 };
 use lab::{
+    objects::{BENCH_XDP_OBJECT, LAB_XDP_OBJECT},
     packets::FrameBuilder,
-    testrun::{self, BENCH_XDP_OBJECT, LAB_XDP_OBJECT, Mac, PinDir},
+    testrun::{self, Mac, PinDir},
 };
 use lb_common::{
     flow::{DIR_FORWARD, DIR_REPLY, Flow, FlowKey, SEEN_ACK, SEEN_SYN, flow_hash},
