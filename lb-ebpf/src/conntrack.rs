@@ -62,10 +62,12 @@ fn seen_bits(tcp_flags: u8) -> u8 {
     seen
 }
 
+/// The data plane's clock, read once per packet and handed to whoever needs
+/// it (flow ageing, the next-hop cache). Coarse is enough for both and
+/// cheaper than the precise clock; the agent compares against
+/// CLOCK_MONOTONIC_COARSE.
 #[inline(always)]
-fn now() -> u64 {
-    // Coarse is enough for ageing and cheaper than the precise clock; the
-    // agent compares against CLOCK_MONOTONIC_COARSE.
+pub fn now() -> u64 {
     // SAFETY: helper with no arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
@@ -74,12 +76,11 @@ fn now() -> u64 {
 /// changed (new flags, or a second has passed), so established traffic on
 /// several CPUs doesn't bounce its cache line.
 #[inline(always)]
-fn touch(flow: &mut Flow, tcp_flags: u8) {
+fn touch(flow: &mut Flow, tcp_flags: u8, t: u64) {
     let seen = seen_bits(tcp_flags);
     if flow.tcp_seen | seen != flow.tcp_seen {
         flow.tcp_seen |= seen;
     }
-    let t = now();
     if t.wrapping_sub(flow.last_seen_ns) > TOUCH_INTERVAL_NS {
         flow.last_seen_ns = t;
     }
@@ -87,7 +88,7 @@ fn touch(flow: &mut Flow, tcp_flags: u8) {
 
 /// A backend's reply to a NAT port we handed out.
 #[inline(always)]
-pub fn reply(pkt: &Ipv4Packet) -> Option<Flow> {
+pub fn reply(pkt: &Ipv4Packet, now: u64) -> Option<Flow> {
     let flow = FLOWS.get_ptr_mut(key_of(pkt))?;
     // SAFETY: a valid map value pointer; racing writers only set flag bits
     // and timestamps, which tolerate a lost update.
@@ -95,7 +96,7 @@ pub fn reply(pkt: &Ipv4Packet) -> Option<Flow> {
     if flow.dir != DIR_REPLY {
         return None;
     }
-    touch(flow, pkt.tcp_flags());
+    touch(flow, pkt.tcp_flags(), now);
     Some(*flow)
 }
 
@@ -107,18 +108,19 @@ pub fn forward(
     snat_ip: [u8; 4],
     port_min: u16,
     port_max: u16,
+    now: u64,
 ) -> Lookup {
     let key = key_of(pkt);
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: as in `reply`.
         let flow = unsafe { &mut *flow };
-        touch(flow, pkt.tcp_flags());
+        touch(flow, pkt.tcp_flags(), now);
         if flow.flags & FLOW_LOCAL != 0 {
             return Lookup::Verdict(Verdict::pass(Reason::PassLocalBackend));
         }
         return Lookup::Flow(*flow);
     }
-    new_flow(pkt, &key, service, snat_ip, port_min, port_max)
+    new_flow(pkt, &key, service, snat_ip, port_min, port_max, now)
 }
 
 #[inline(always)]
@@ -129,6 +131,7 @@ fn new_flow(
     snat_ip: [u8; 4],
     port_min: u16,
     port_max: u16,
+    t: u64,
 ) -> Lookup {
     if service.table_size == 0 {
         return Lookup::Verdict(Verdict::pass(Reason::PassNoBackend));
@@ -140,7 +143,6 @@ fn new_flow(
     let Some(backend) = maps::backend(backend_id) else {
         return Lookup::Verdict(Verdict::pass(Reason::PassNoBackend));
     };
-    let t = now();
     let seen = seen_bits(pkt.tcp_flags());
 
     if backend.flags & BACKEND_LOCAL != 0 {

@@ -7,7 +7,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{
@@ -25,9 +25,10 @@ const AF_INET: u8 = 2;
 
 /// `to_backend`: the packet goes client → backend (for the counters).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool) -> Verdict {
+/// `now`: the packet's clock reading (conntrack::now).
+pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool, now: u64) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = match next_hop(ctx, pkt, ingress) {
+    let hop = match next_hop(ctx, pkt, ingress, now) {
         Ok(hop) => hop,
         Err(reason) => return Verdict::pass(reason),
     };
@@ -66,9 +67,7 @@ pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool) -> Verdict
 /// case it serves. The FIB's MTU check runs only on a cache miss; a NATed
 /// packet is never larger than the one that arrived.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, ingress: u32) -> Result<NextHop, Reason> {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, ingress: u32, now: u64) -> Result<NextHop, Reason> {
     if let Some(hop) = NEXT_HOPS.get_ptr(pkt.ip.dst) {
         // SAFETY: a valid map value; a racing refresh rewrites it whole with
         // equally valid data.

@@ -87,8 +87,9 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     let dport = u16::from_be_bytes(pkt.dport());
     if pkt.ip.dst == config.snat_ip && dport >= config.nat_port_min && dport <= config.nat_port_max
     {
-        if let Some(flow) = conntrack::reply(&pkt) {
-            return to_client(ctx, pkt, flow);
+        let now = conntrack::now();
+        if let Some(flow) = conntrack::reply(&pkt, now) {
+            return to_client(ctx, pkt, flow, now);
         }
     }
     Verdict::pass(Reason::PassNotService)
@@ -107,23 +108,29 @@ fn to_backend(
     if let Err(reason) = pkt.validate() {
         return Verdict::drop(reason);
     }
-    let flow = match conntrack::forward(&pkt, service, snat_ip, port_min, port_max) {
+    let now = conntrack::now();
+    let flow = match conntrack::forward(&pkt, service, snat_ip, port_min, port_max, now) {
         Lookup::Flow(flow) => flow,
         Lookup::Verdict(v) => return v,
     };
     maps::count_backend(flow.backend, pkt.len);
     maps::count_service(flow.service, pkt.len);
     rewrite::nat(&mut pkt, &flow);
-    forward::send(ctx, &mut pkt, true)
+    forward::send(ctx, &mut pkt, true, now)
 }
 
 /// Backend → SNAT:port: rewrite back to VIP → client, send.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, mut pkt: Ipv4Packet, flow: lb_common::flow::Flow) -> Verdict {
+fn to_client(
+    ctx: &XdpContext,
+    mut pkt: Ipv4Packet,
+    flow: lb_common::flow::Flow,
+    now: u64,
+) -> Verdict {
     if let Err(reason) = pkt.validate() {
         return Verdict::drop(reason);
     }
     maps::count_backend(flow.backend, pkt.len);
     rewrite::nat(&mut pkt, &flow);
-    forward::send(ctx, &mut pkt, false)
+    forward::send(ctx, &mut pkt, false, now)
 }
