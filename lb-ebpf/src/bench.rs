@@ -5,7 +5,7 @@
 //! without resetting it, so a NAT program would see its own output from
 //! the second repeat on and take another path (a reply to nobody, a pass).
 //! Each wrapper therefore saves the first [`SAVED`] bytes, runs the real
-//! path (`lb_ebpf::process`, counted like the entry program counts it),
+//! path (`lb_ebpf::run`, exactly what the entry program runs),
 //! and puts the bytes back, so every repeat sees the original frame.
 //! `bench_noop` does only the save and restore; the benchmark subtracts it.
 //!
@@ -25,7 +25,6 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_ebpf::{maps, process};
 
 /// Bytes saved and restored: Ethernet + IPv4 (no options) + TCP header
 /// with its checksum, everything NAT rewrites.
@@ -102,23 +101,18 @@ fn next_tuple(ctx: &XdpContext) -> Option<()> {
 /// The entry program's body (main.rs), between save and restore.
 #[inline(always)]
 fn lb(ctx: &XdpContext, saved: &Head) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = process(ctx);
-    maps::count_reason(verdict.reason, len);
+    let action = lb_ebpf::run(ctx);
     if !restore(ctx, saved) {
         return xdp_action::XDP_ABORTED;
     }
-    verdict.action
+    action
 }
 
 /// Exactly the entry program (main.rs), for one-shot checks of the output
 /// frame (the wrappers hand back the restored input).
 #[xdp]
 pub fn bench_entry(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = process(&ctx);
-    maps::count_reason(verdict.reason, len);
-    verdict.action
+    lb_ebpf::run(&ctx)
 }
 
 #[xdp]

@@ -4,14 +4,9 @@
 #![no_main]
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use lb_ebpf::{maps, process};
-
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = process(&ctx);
-    maps::count_reason(verdict.reason, len);
-    verdict.action
+    lb_ebpf::run(&ctx)
 }
 
 #[cfg(not(test))]
