@@ -11,10 +11,9 @@ pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
 /// Array of backend ids: every service's Maglev tables, two regions each.
 pub const MAGLEV: &str = "MAGLEV";
-/// LRU hash of [`crate::flow::FlowKey`] → [`crate::flow::Flow`].
+/// Hash of [`crate::flow::FlowKey`] → [`crate::flow::Flow`] (not LRU:
+/// the agent ages flows; nothing evicts a live connection).
 pub const FLOWS: &str = "FLOWS";
-/// LRU hash of next-hop address → [`crate::flow::NextHop`] (a FIB cache).
-pub const NEXT_HOPS: &str = "NEXT_HOPS";
 /// Array with one [`crate::service::DataplaneConfig`].
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU [`crate::stats::Traffic`] by service id.

@@ -113,6 +113,10 @@ reasons! {
     /// TCP/UDP header too short to hold its ports: not classifiable, so
     /// not ours; the kernel discards it.
     PassTruncatedL4 = 22 => "pass_truncated_l4",
+    /// The flow table is full: a new connection is refused rather than an
+    /// established one evicted (a full-NAT flow that loses its entry
+    /// loses its connection). The agent's ageing makes room.
+    DropFlowTableFull = 23 => "drop_flow_table_full",
 }
 
 /// Number of slots in the reason array. Leaves room for reasons added

@@ -1,36 +1,28 @@
-//! Connection tracking: one LRU hash, two entries per NATed connection
+//! Connection tracking: one hash, two entries per NATed connection
 //! (client→VIP, and backend→SNAT for its replies), so every packet of a
 //! connection goes to the same backend whatever happens to the backend set.
 //! Only the TCP flags ageing needs are recorded; the agent ages flows.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    programs::XdpContext,
+};
 use lb_common::{
     flow::{
-        DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_FIN, SEEN_RST, SEEN_SYN,
-        TOUCH_INTERVAL_NS, flow_hash,
+        DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, NAT_PORT_TRIES, NextHop, SEEN_ACK,
+        SEEN_FIN, SEEN_RST, SEEN_SYN, TOUCH_INTERVAL_NS, flow_hash, nat_port_offset,
     },
-    service::{BACKEND_LOCAL, Service},
+    service::{BACKEND_LOCAL, DataplaneConfig, Service},
     stats::Reason,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
-    Verdict,
+    Verdict, forward,
     maps::{self, FLOWS},
     parse::Ipv4Packet,
 };
-
-/// NAT ports tried for a new flow before giving up. Each try is one
-/// insert; with the port range at most half full, eight tries fail with
-/// probability < 0.4%.
-const NAT_PORT_TRIES: u32 = 8;
-/// Step between tries: a prime, so probes spread over the whole range.
-const NAT_PORT_STEP: u32 = 4099;
-
-pub enum Lookup {
-    Flow(Flow),
-    Verdict(Verdict),
-}
 
 #[inline(always)]
 fn key_of(pkt: &Ipv4Packet) -> FlowKey {
@@ -76,7 +68,7 @@ pub fn now() -> u64 {
 /// changed (new flags, or a second has passed), so established traffic on
 /// several CPUs doesn't bounce its cache line.
 #[inline(always)]
-fn touch(flow: &mut Flow, tcp_flags: u8, t: u64) {
+pub fn touch(flow: &mut Flow, tcp_flags: u8, t: u64) {
     let seen = seen_bits(tcp_flags);
     if flow.tcp_seen | seen != flow.tcp_seen {
         flow.tcp_seen |= seen;
@@ -86,62 +78,40 @@ fn touch(flow: &mut Flow, tcp_flags: u8, t: u64) {
     }
 }
 
-/// A backend's reply to a NAT port we handed out.
+/// The flow this packet belongs to, either half: one lookup serves the
+/// client → VIP and the backend → SNAT direction alike.
 #[inline(always)]
-pub fn reply(pkt: &Ipv4Packet, now: u64) -> Option<Flow> {
-    let flow = FLOWS.get_ptr_mut(key_of(pkt))?;
-    // SAFETY: a valid map value pointer; racing writers only set flag bits
-    // and timestamps, which tolerate a lost update.
-    let flow = unsafe { &mut *flow };
-    if flow.dir != DIR_REPLY {
-        return None;
-    }
-    touch(flow, pkt.tcp_flags(), now);
-    Some(*flow)
+pub fn lookup(pkt: &Ipv4Packet) -> Option<&'static mut Flow> {
+    // SAFETY: a valid map value pointer, live while the program runs;
+    // racing writers only set flag bits, timestamps and a next hop, which
+    // tolerate a lost update.
+    FLOWS.get_ptr_mut(key_of(pkt)).map(|f| unsafe { &mut *f })
 }
 
-/// A client → VIP packet: its flow, or a new one towards a Maglev-chosen backend.
-#[inline(always)]
-pub fn forward(
-    pkt: &Ipv4Packet,
-    service: &Service,
-    snat_ip: [u8; 4],
-    port_min: u16,
-    port_max: u16,
-    now: u64,
-) -> Lookup {
-    let key = key_of(pkt);
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: as in `reply`.
-        let flow = unsafe { &mut *flow };
-        touch(flow, pkt.tcp_flags(), now);
-        if flow.flags & FLOW_LOCAL != 0 {
-            return Lookup::Verdict(Verdict::pass(Reason::PassLocalBackend));
-        }
-        return Lookup::Flow(*flow);
-    }
-    new_flow(pkt, &key, service, snat_ip, port_min, port_max, now)
-}
+const EEXIST: i32 = 17;
+const E2BIG: i32 = 7;
 
+/// A new client → VIP connection: a Maglev-chosen backend, a free NAT port
+/// towards it, and both halves in FLOWS. Returns the forward half, with
+/// its next hop already resolved when the FIB knows it.
 #[inline(always)]
-fn new_flow(
+pub fn create(
+    ctx: &XdpContext,
     pkt: &Ipv4Packet,
-    key: &FlowKey,
     service: &Service,
-    snat_ip: [u8; 4],
-    port_min: u16,
-    port_max: u16,
+    config: &DataplaneConfig,
     t: u64,
-) -> Lookup {
+) -> Result<Flow, Verdict> {
     if service.table_size == 0 {
-        return Lookup::Verdict(Verdict::pass(Reason::PassNoBackend));
+        return Err(Verdict::pass(Reason::PassNoBackend));
     }
+    let key = key_of(pkt);
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let Some(backend_id) = maps::maglev_slot(service.table_base + hash % service.table_size) else {
-        return Lookup::Verdict(Verdict::pass(Reason::PassNoBackend));
+        return Err(Verdict::pass(Reason::PassNoBackend));
     };
     let Some(backend) = maps::backend(backend_id) else {
-        return Lookup::Verdict(Verdict::pass(Reason::PassNoBackend));
+        return Err(Verdict::pass(Reason::PassNoBackend));
     };
     let seen = seen_bits(pkt.tcp_flags());
 
@@ -157,12 +127,29 @@ fn new_flow(
             flags: FLOW_LOCAL,
             ..Flow::default()
         };
-        if FLOWS.insert(key, &flow, BPF_NOEXIST as u64).is_ok() {
+        if FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok() {
             maps::count_new_flow(service.id, backend_id);
         }
-        return Lookup::Verdict(Verdict::pass(Reason::PassLocalBackend));
+        return Err(Verdict::pass(Reason::PassLocalBackend));
     }
 
+    // Resolved before the inserts so the forward half goes in complete and
+    // its second packet needs no FIB lookup either. A failure leaves the
+    // hop to `forward::send`, which hands the packet to the kernel.
+    let snat_ip = config.snat_ip;
+    let ingress = ctx.ingress_ifindex() as u32;
+    let (hop, hop_ns) = match forward::fib(
+        ctx,
+        ingress,
+        snat_ip,
+        backend.ip,
+        key.proto,
+        pkt.ip.tos,
+        pkt.ip.total_len(),
+    ) {
+        Ok(hop) => (hop, t),
+        Err(_) => (NextHop::default(), 0),
+    };
     let reply = Flow {
         last_seen_ns: t,
         new_src: key.dst,
@@ -171,52 +158,65 @@ fn new_flow(
         new_dport: key.sport,
         backend: backend_id,
         service: service.id,
-        tcp_seen: 0,
         dir: DIR_REPLY,
-        flags: 0,
-        _pad: 0,
+        ..Flow::default()
     };
+    let (port_min, port_max) = (config.nat_port_min, config.nat_port_max);
     let span = (port_max as u32).saturating_sub(port_min as u32) + 1;
-    let start = hash.rotate_left(16);
     for i in 0..NAT_PORT_TRIES {
-        let port = (port_min as u32 + (start.wrapping_add(i * NAT_PORT_STEP)) % span) as u16;
+        let port = (port_min as u32 + nat_port_offset(hash, i, span)) as u16;
         let nat_port = port.to_be_bytes();
         let reply_key = FlowKey::reply_of(snat_ip, backend.ip, nat_port, backend.port, key.proto);
         // NOEXIST: a port another connection to this backend holds is skipped.
-        if FLOWS
-            .insert(&reply_key, &reply, BPF_NOEXIST as u64)
-            .is_err()
-        {
-            continue;
+        match FLOWS.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => continue,
+            Err(e) if e == -E2BIG => return Err(Verdict::drop(Reason::DropFlowTableFull)),
+            Err(_) => return Err(aborted()),
         }
         let flow = Flow {
             last_seen_ns: t,
+            hop_ns,
             new_src: snat_ip,
             new_dst: backend.ip,
             new_sport: nat_port,
             new_dport: backend.port,
             backend: backend_id,
             service: service.id,
+            hop,
             tcp_seen: seen,
             dir: DIR_FORWARD,
             flags: 0,
             _pad: 0,
         };
-        if FLOWS.insert(key, &flow, BPF_NOEXIST as u64).is_err() {
-            // Another CPU created this flow a moment ago (a retransmitted
-            // SYN): give our port back and follow theirs.
-            let _ = FLOWS.remove(&reply_key);
-            // SAFETY: map lookup of a plain value.
-            return match unsafe { FLOWS.get(key) } {
-                Some(f) => Lookup::Flow(*f),
-                None => Lookup::Verdict(Verdict {
-                    action: aya_ebpf::bindings::xdp_action::XDP_ABORTED,
-                    reason: Reason::AbortedMapUpdate,
-                }),
-            };
-        }
-        maps::count_new_flow(service.id, backend_id);
-        return Lookup::Flow(flow);
+        return match FLOWS.insert(&key, &flow, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                maps::count_new_flow(service.id, backend_id);
+                Ok(flow)
+            }
+            Err(e) => {
+                // Give our port back; then either another CPU created this
+                // flow a moment ago (a retransmitted SYN): follow theirs,
+                // or the table filled up between the two inserts.
+                let _ = FLOWS.remove(&reply_key);
+                if e == -E2BIG {
+                    return Err(Verdict::drop(Reason::DropFlowTableFull));
+                }
+                // SAFETY: map lookup of a plain value.
+                match unsafe { FLOWS.get(&key) } {
+                    Some(f) => Ok(*f),
+                    None => Err(aborted()),
+                }
+            }
+        };
     }
-    Lookup::Verdict(Verdict::drop(Reason::DropNatPortsExhausted))
+    Err(Verdict::drop(Reason::DropNatPortsExhausted))
+}
+
+#[inline(always)]
+fn aborted() -> Verdict {
+    Verdict {
+        action: xdp_action::XDP_ABORTED,
+        reason: Reason::AbortedMapUpdate,
+    }
 }

@@ -1,6 +1,7 @@
-//! Sending a rewritten packet: next hop from the kernel's FIB, XDP_TX when
-//! it leaves by the interface it came in on, XDP_REDIRECT (devmap)
-//! otherwise, and the kernel's own forwarding when XDP cannot finish the job.
+//! Sending a rewritten packet: the next hop cached in its flow, or the
+//! kernel's FIB; XDP_TX when it leaves by the interface it came in on,
+//! XDP_REDIRECT (devmap) otherwise, and the kernel's own forwarding when
+//! XDP cannot finish the job.
 
 use aya_ebpf::{
     bindings::{
@@ -11,26 +12,48 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    flow::{NEXT_HOP_TTL_NS, NextHop},
+    flow::{Flow, NEXT_HOP_TTL_NS, NextHop},
     stats::Reason,
 };
 
-use crate::{
-    Verdict,
-    maps::{NEXT_HOPS, TX_PORTS},
-    parse::Ipv4Packet,
-};
+use crate::{Verdict, maps::TX_PORTS, parse::Ipv4Packet};
 
 const AF_INET: u8 = 2;
 
-/// `to_backend`: the packet goes client → backend (for the counters).
-#[inline(always)]
+/// Sends `pkt`, already rewritten by `flow`, towards its new destination.
+/// `to_backend`: the packet goes client → backend (for the counters);
 /// `now`: the packet's clock reading (conntrack::now).
-pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool, now: u64) -> Verdict {
+#[inline(always)]
+pub fn send(
+    ctx: &XdpContext,
+    pkt: &mut Ipv4Packet,
+    flow: &mut Flow,
+    to_backend: bool,
+    now: u64,
+) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = match next_hop(ctx, pkt, ingress, now) {
-        Ok(hop) => hop,
-        Err(reason) => return Verdict::pass(reason),
+    let hop = if flow.hop_ns != 0 && now.wrapping_sub(flow.hop_ns) < NEXT_HOP_TTL_NS {
+        flow.hop
+    } else {
+        let ip = &pkt.ip;
+        match fib(
+            ctx,
+            ingress,
+            ip.src,
+            ip.dst,
+            ip.proto,
+            ip.tos,
+            ip.total_len(),
+        ) {
+            Ok(hop) => {
+                // A racing CPU may write the same fields; both write what
+                // the FIB said a moment ago.
+                flow.hop = hop;
+                flow.hop_ns = now;
+                hop
+            }
+            Err(reason) => return Verdict::pass(reason),
+        }
     };
     pkt.eth.src = hop.smac;
     pkt.eth.dst = hop.dmac;
@@ -59,32 +82,34 @@ pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, to_backend: bool, now: u64) 
     }
 }
 
-/// The next hop towards the packet's (rewritten) destination: from the
-/// NEXT_HOPS cache while fresh, else from the FIB, which refills the cache.
+/// The next hop of a packet `src` → `dst` that came in on `ingress`, from
+/// the kernel's FIB (routes and neighbours).
 ///
-/// The cache is keyed by destination alone: xdplb's packets always leave
-/// from the node's own addresses, so source-based policy routing is not a
-/// case it serves. The FIB's MTU check runs only on a cache miss; a NATed
-/// packet is never larger than the one that arrived.
+/// Flows cache the answer keyed by nothing but themselves: xdplb's packets
+/// always leave from the node's own addresses, so source-based policy
+/// routing is not a case it serves. The FIB's MTU check runs only when the
+/// cache is refreshed; a NATed packet is never larger than the one that
+/// arrived.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, ingress: u32, now: u64) -> Result<NextHop, Reason> {
-    if let Some(hop) = NEXT_HOPS.get_ptr(pkt.ip.dst) {
-        // SAFETY: a valid map value; a racing refresh rewrites it whole with
-        // equally valid data.
-        let hop = unsafe { *hop };
-        if now.wrapping_sub(hop.resolved_ns) < NEXT_HOP_TTL_NS {
-            return Ok(hop);
-        }
-    }
-    // SAFETY: FibParams is a plain C struct; all-zero is its documented
-    // "no options" state.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+pub fn fib(
+    ctx: &XdpContext,
+    ingress: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    tos: u8,
+    tot_len: u16,
+) -> Result<NextHop, Reason> {
+    // SAFETY: FibParams is a plain 64-byte C struct; all-zero is its
+    // documented "no options" state. Eight u64 stores: `mem::zeroed` is
+    // compiled to a call of a byte-wise memset subprogram.
+    let mut fib: FibParams = unsafe { core::mem::transmute([0u64; 8]) };
     fib.family = AF_INET;
-    fib.l4_protocol = pkt.ip.proto;
-    fib.__bindgen_anon_1.tot_len = pkt.ip.total_len();
-    fib.__bindgen_anon_2.tos = pkt.ip.tos;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(pkt.ip.src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(pkt.ip.dst);
+    fib.l4_protocol = proto;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    fib.__bindgen_anon_2.tos = tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     fib.ifindex = ingress;
     // SAFETY: ctx and fib are valid for the call; the size is the struct's.
     let rc = unsafe {
@@ -106,13 +131,9 @@ fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, ingress: u32, now: u64) -> Resul
             Reason::PassFibOther
         });
     }
-    let hop = NextHop {
-        resolved_ns: now,
+    Ok(NextHop {
         ifindex: fib.ifindex,
         smac: fib.smac,
         dmac: fib.dmac,
-    };
-    // A full cache evicts its oldest entry; failing to cache costs only speed.
-    let _ = NEXT_HOPS.insert(pkt.ip.dst, hop, 0);
-    Ok(hop)
+    })
 }

@@ -1,8 +1,9 @@
 //! The xdplb data plane: one XDP program, read top to bottom as the
 //! packet's path:
 //!
-//! parse → classify (service? reply to a NATed flow?) → look up the flow →
-//! pick a backend (Maglev) for a new one → rewrite + checksums → forward.
+//! parse → look up the flow (either direction) → for none, is it a new
+//! connection to a service? pick a backend (Maglev), create the flow →
+//! rewrite + checksums → forward (next hop cached in the flow).
 //!
 //! Every verdict carries a [`Reason`], counted in one place. The program
 //! only looks things up: the agent computes services, backends and Maglev
@@ -17,14 +18,12 @@ pub mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    service::{CONFIG_ACTIVE, ServiceKey},
+    flow::{DIR_FORWARD, FLOW_LOCAL, Flow},
+    service::{CONFIG_ACTIVE, DataplaneConfig, Service, ServiceKey},
     stats::Reason,
 };
 
-use crate::{
-    conntrack::Lookup,
-    parse::{Ipv4Packet, Parsed},
-};
+use crate::parse::{Ipv4Packet, Parsed};
 
 /// What the program does with a packet, and why.
 pub struct Verdict {
@@ -69,77 +68,82 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     let Some(config) = maps::config() else {
         return Verdict::pass(Reason::PassNotService);
     };
+    // The node's own traffic (ssh, kubelet, ...) to the address NAT uses,
+    // outside the NAT ports: not ours, and told apart without a lookup.
+    let dport = u16::from_be_bytes(pkt.dport());
+    if pkt.ip.dst == config.snat_ip && (dport < config.nat_port_min || dport > config.nat_port_max)
+    {
+        return Verdict::pass(Reason::PassNotService);
+    }
+    let active = config.flags & CONFIG_ACTIVE != 0;
 
-    // A client → VIP:port packet of a virtual service?
+    // Established, either direction: one lookup has all the packet needs.
+    if let Some(flow) = conntrack::lookup(&pkt) {
+        return established(ctx, pkt, flow, active);
+    }
+
+    // A client → VIP:port packet opening a connection to a virtual service?
     let key = ServiceKey {
         vip: pkt.ip.dst,
         port: pkt.dport(),
         proto: pkt.ip.proto,
         _pad: 0,
     };
-    if let Some(service) = maps::service(&key) {
-        if config.flags & CONFIG_ACTIVE == 0 {
-            // A backup never NATs VIP traffic: the active node owns it.
-            return Verdict::pass(Reason::PassNotActive);
-        }
-        return to_backend(
-            ctx,
-            pkt,
-            service,
-            config.snat_ip,
-            config.nat_port_min,
-            config.nat_port_max,
-        );
+    let Some(service) = maps::service(&key) else {
+        return Verdict::pass(Reason::PassNotService);
+    };
+    if !active {
+        // A backup never NATs VIP traffic: the active node owns it.
+        return Verdict::pass(Reason::PassNotActive);
     }
-
-    // A backend's reply to one of our NAT ports?
-    let dport = u16::from_be_bytes(pkt.dport());
-    if pkt.ip.dst == config.snat_ip && dport >= config.nat_port_min && dport <= config.nat_port_max
-    {
-        let now = conntrack::now();
-        if let Some(flow) = conntrack::reply(&pkt, now) {
-            return to_client(ctx, pkt, flow, now);
-        }
-    }
-    Verdict::pass(Reason::PassNotService)
+    new_connection(ctx, pkt, service, config)
 }
 
-/// Client → VIP: find or create the flow, rewrite to SNAT → backend, send.
+/// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,
+/// or backend → SNAT rewritten back to VIP → client.
 #[inline(always)]
-fn to_backend(
+fn established(ctx: &XdpContext, mut pkt: Ipv4Packet, flow: &mut Flow, active: bool) -> Verdict {
+    let to_backend = flow.dir == DIR_FORWARD;
+    if to_backend && !active {
+        // Demoted: the new master carries on (same Maglev choice); replies
+        // to connections NATed here still come back here and are served.
+        return Verdict::pass(Reason::PassNotActive);
+    }
+    if let Err(reason) = pkt.validate() {
+        return Verdict::drop(reason);
+    }
+    let now = conntrack::now();
+    conntrack::touch(flow, pkt.tcp_flags(), now);
+    if flow.flags & FLOW_LOCAL != 0 {
+        return Verdict::pass(Reason::PassLocalBackend);
+    }
+    maps::count_backend(flow.backend, pkt.len);
+    if to_backend {
+        maps::count_service(flow.service, pkt.len);
+    }
+    rewrite::nat(&mut pkt, flow);
+    forward::send(ctx, &mut pkt, flow, to_backend, now)
+}
+
+/// The first packet of a connection: pick a backend, create both flow
+/// halves, rewrite, send.
+#[inline(always)]
+fn new_connection(
     ctx: &XdpContext,
     mut pkt: Ipv4Packet,
-    service: &lb_common::service::Service,
-    snat_ip: [u8; 4],
-    port_min: u16,
-    port_max: u16,
+    service: &Service,
+    config: &DataplaneConfig,
 ) -> Verdict {
     if let Err(reason) = pkt.validate() {
         return Verdict::drop(reason);
     }
     let now = conntrack::now();
-    let flow = match conntrack::forward(&pkt, service, snat_ip, port_min, port_max, now) {
-        Lookup::Flow(flow) => flow,
-        Lookup::Verdict(v) => return v,
+    let mut flow = match conntrack::create(ctx, &pkt, service, config, now) {
+        Ok(flow) => flow,
+        Err(verdict) => return verdict,
     };
     maps::count_backend(flow.backend, pkt.len);
     maps::count_service(flow.service, pkt.len);
     rewrite::nat(&mut pkt, &flow);
-    forward::send(ctx, &mut pkt, true, now)
-}
-
-/// Backend → SNAT:port: rewrite back to VIP → client, send.
-#[inline(always)]
-fn to_client(
-    ctx: &XdpContext,
-    mut pkt: Ipv4Packet,
-    flow: lb_common::flow::Flow,
-    now: u64,
-) -> Verdict {
-    if let Err(reason) = pkt.validate() {
-        return Verdict::drop(reason);
-    }
-    maps::count_backend(flow.backend, pkt.len);
-    rewrite::nat(&mut pkt, &flow);
-    forward::send(ctx, &mut pkt, false, now)
+    forward::send(ctx, &mut pkt, &mut flow, true, now)
 }

@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use lb_common::{
-    flow::{Flow, FlowKey, NextHop},
+    flow::{Flow, FlowKey},
     maps::DEFAULT_MAX_FLOWS,
     service::{
         Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, Service,
@@ -29,17 +29,15 @@ static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 #[map(name = "MAGLEV")]
 static MAGLEV: Array<u32> = Array::pinned(MAX_SERVICES * 2 * DEFAULT_TABLE_SIZE, 0);
 
-/// One hash table and one LRU list shared by all CPUs: a reply may arrive
-/// on another CPU than its request. (BPF_F_NO_COMMON_LRU would make
-/// eviction cheaper but give each CPU only max_entries / CPUs of room, so a
-/// burst of new flows on one CPU would evict live connections early.)
+/// Both halves of every NATed connection, shared by all CPUs (a reply may
+/// arrive on another CPU than its request). A plain hash, not an LRU: with
+/// full NAT a connection whose entry is evicted is lost (its next packet
+/// gets another NAT port, and the backend resets it), so a full table
+/// refuses new connections instead (`drop_flow_table_full`) and the
+/// agent's ageing makes room. Preallocated: an insert takes an element
+/// from a per-CPU free list, with no allocation and no LRU bookkeeping.
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
-
-/// Next hops by destination address; a reply's destination is a client,
-/// so this is sized like a client population, and LRU.
-#[map(name = "NEXT_HOPS")]
-pub static NEXT_HOPS: LruHashMap<[u8; 4], NextHop> = LruHashMap::pinned(65536, 0);
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::pinned(64, 0);

@@ -1,7 +1,12 @@
 //! Flow ageing. The data plane records when each flow last saw a packet and
 //! which TCP flags it saw; this removes flows idle longer than their state
-//! allows, both halves (client→VIP and backend→SNAT) together. The LRU map
-//! also evicts the oldest flows by itself when it is full.
+//! allows, both halves (client→VIP and backend→SNAT) together.
+//!
+//! Nothing else removes flows: FLOWS is not an LRU, because with full NAT
+//! an evicted established connection is a lost one. A full table refuses
+//! new connections instead, so when it runs nearly full the sweep makes
+//! room by expiring what is cheapest to lose: half-open (SYN only) and
+//! closing flows idle for a second.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -29,10 +34,33 @@ impl Timeouts {
     }
 }
 
+/// From this share of the table on, the sweep runs with [`Timeouts::under_pressure`].
+pub const PRESSURE_FILL: f64 = 0.9;
+
+impl Timeouts {
+    /// The timeouts of a nearly full table: established connections keep
+    /// theirs (losing one is what the table exists to prevent); half-open
+    /// ones (a SYN flood's) and closing ones go after a second idle, UDP
+    /// after ten.
+    pub fn under_pressure(&self) -> Timeouts {
+        let second = Duration::from_secs(1);
+        Timeouts {
+            tcp_syn: self.tcp_syn.min(second),
+            tcp_closing: self.tcp_closing.min(second),
+            udp: self.udp.min(10 * second),
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Sweep {
     pub connections: usize,
     pub expired: usize,
+    /// Entries in the table when the sweep began.
+    pub entries: usize,
+    /// The table was nearly full: the sweep used the pressure timeouts.
+    pub pressure: bool,
 }
 
 /// The expired keys among `flows`, pairing each connection's two halves.
@@ -75,7 +103,8 @@ pub fn expired(
             }
         }
     }
-    // Reply halves whose forward half the LRU already evicted.
+    // Reply halves whose forward half is gone (the data plane gives back a
+    // half-made connection's reply half at once; this is for the rest).
     for (key, flow) in flows
         .iter()
         .filter(|(k, f)| f.dir != DIR_FORWARD && !paired.contains(k))
@@ -98,12 +127,23 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn sweep(map: &mut BpfHashMap<MapData, FlowKey, Flow>, timeouts: &Timeouts) -> Result<Sweep> {
+/// One pass over FLOWS (of `capacity` entries): removes what has expired.
+pub fn sweep(
+    map: &mut BpfHashMap<MapData, FlowKey, Flow>,
+    timeouts: &Timeouts,
+    capacity: u32,
+) -> Result<Sweep> {
     let snapshot: Vec<(FlowKey, Flow)> = map.iter().filter_map(|r| r.ok()).collect();
-    let (dead, connections) = expired(&snapshot, now_ns(), timeouts);
+    let pressure = snapshot.len() as f64 >= PRESSURE_FILL * f64::from(capacity);
+    let timeouts = if pressure {
+        timeouts.under_pressure()
+    } else {
+        timeouts.clone()
+    };
+    let (dead, connections) = expired(&snapshot, now_ns(), &timeouts);
     let mut removed = 0;
     for key in &dead {
-        // A flow the LRU evicted meanwhile is simply gone already.
+        // A flow the data plane gave back meanwhile is simply gone already.
         if map.remove(key).is_ok() {
             removed += 1;
         }
@@ -111,6 +151,8 @@ pub fn sweep(map: &mut BpfHashMap<MapData, FlowKey, Flow>, timeouts: &Timeouts) 
     Ok(Sweep {
         connections,
         expired: removed,
+        entries: snapshot.len(),
+        pressure,
     })
 }
 
@@ -211,6 +253,43 @@ mod tests {
             SEEN_SYN | SEEN_ACK,
             SEEN_ACK,
         );
+        assert!(expired(&flows, now, &Timeouts::default()).0.is_empty());
+    }
+
+    #[test]
+    fn a_nearly_full_table_sheds_half_open_and_closing_flows_not_established_ones() {
+        let t = Timeouts::default().under_pressure();
+        let now = 1000 * S;
+        let mut flows = Vec::new();
+        flows.extend(pair(1, now - 2 * S, 0, SEEN_SYN, 0));
+        flows.extend(pair(
+            2,
+            now - 2 * S,
+            now - 2 * S,
+            SEEN_SYN | SEEN_ACK | SEEN_FIN,
+            SEEN_ACK,
+        ));
+        flows.extend(pair(
+            3,
+            now - 600 * S,
+            now - 600 * S,
+            SEEN_SYN | SEEN_ACK,
+            SEEN_SYN | SEEN_ACK,
+        ));
+        let (dead, connections) = expired(&flows, now, &t);
+        assert_eq!(connections, 3);
+        let dead_clients: std::collections::BTreeSet<[u8; 2]> = dead
+            .iter()
+            .filter(|k| k.dport == [0x19, 0x2b])
+            .map(|k| k.sport)
+            .collect();
+        assert_eq!(
+            dead.len(),
+            4,
+            "both halves of connections 1 and 2: {dead:?}"
+        );
+        assert_eq!(dead_clients.len(), 2);
+        // Without pressure, the same table keeps all three.
         assert!(expired(&flows, now, &Timeouts::default()).0.is_empty());
     }
 

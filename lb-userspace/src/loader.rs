@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::Map,
+    maps::{Map, MapInfo, MapType},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -60,6 +60,7 @@ impl Dataplane {
         } = opts;
         let link_path = pin_dir.join(maps::LINK_PIN);
         let adopting = link_path.exists();
+        check_pinned_maps(&pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, max_flows)
@@ -131,6 +132,70 @@ impl Dataplane {
         info!(iface = %self.iface, "XDP program detached and pins removed");
         Ok(())
     }
+}
+
+/// The maps whose layout this build defines (lb-common's types), as the
+/// kernel must hold them for this program.
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 4] {
+    use lb_common::{
+        flow::{Flow, FlowKey},
+        service::{Backend, DataplaneConfig, Service, ServiceKey},
+    };
+    use std::mem::size_of;
+    [
+        (
+            maps::FLOWS,
+            MapType::Hash,
+            size_of::<FlowKey>(),
+            size_of::<Flow>(),
+        ),
+        (
+            maps::SERVICES,
+            MapType::Hash,
+            size_of::<ServiceKey>(),
+            size_of::<Service>(),
+        ),
+        (maps::BACKENDS, MapType::Array, 4, size_of::<Backend>()),
+        (
+            maps::CONFIG,
+            MapType::Array,
+            4,
+            size_of::<DataplaneConfig>(),
+        ),
+    ]
+}
+
+/// aya reuses a pinned map by name whatever its layout; a data plane left
+/// by another xdplb version may hold maps this program cannot use (the
+/// kernel would reject the program with an obscure verifier error, or
+/// worse, accept it). Refuses with what differs and what to do instead.
+fn check_pinned_maps(pin_dir: &Path) -> Result<()> {
+    for (name, kind, key, value) in expected_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let found = (
+            info.map_type().ok(),
+            info.key_size() as usize,
+            info.value_size() as usize,
+        );
+        if found != (Some(kind), key, value) {
+            anyhow::bail!(
+                "the pinned map {} was made by another xdplb version ({:?}, {}-byte keys, {}-byte values; \
+                 this one needs {kind:?}, {key}-byte keys, {value}-byte values): stop that data plane first, \
+                 or remove {} (connections through this node are then lost)",
+                path.display(),
+                found.0,
+                found.1,
+                found.2,
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Attaches in the wanted mode and pins the resulting bpf_link, so the

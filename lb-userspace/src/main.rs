@@ -177,7 +177,12 @@ async fn run(args: Args) -> Result<()> {
                 write_status(&args, &health);
             }
             _ = ageing.tick() => {
-                match flows::sweep(&mut flows, &config.timeouts) {
+                match flows::sweep(&mut flows, &config.timeouts, config.max_flows) {
+                    Ok(s) if s.pressure => warn!(
+                        entries = s.entries, max_flows = config.max_flows, expired = s.expired,
+                        "flow table nearly full: half-open and closing flows expire after 1 s idle; \
+                         a full table refuses new connections (drop_flow_table_full), raise max_flows"
+                    ),
                     Ok(s) if s.expired > 0 => info!(connections = s.connections, expired = s.expired, "flow ageing"),
                     Ok(_) => {}
                     Err(e) => warn!("flow ageing: {e:#}"),

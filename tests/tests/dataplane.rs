@@ -37,7 +37,9 @@ use lab::{
 };
 use lb_common::{
     csum::{checksum, fold, pseudo_header_sum, sum},
-    flow::{DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_SYN, flow_hash},
+    flow::{
+        DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, NextHop, SEEN_ACK, SEEN_SYN, flow_hash,
+    },
     maglev::{MaglevBackend, build_table},
     maps,
     service::{
@@ -104,6 +106,15 @@ const ACTIVE: DataplaneConfig = DataplaneConfig {
 
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
+}
+
+/// The MAC of any host of the test node's subnet (its neighbour entry).
+fn mac_of_host(ip: Ipv4Addr) -> Mac {
+    match ip {
+        CLIENT => CLIENT_MAC,
+        CLIENT_B => CLIENT_B_MAC,
+        _ => mac_of_backend(ip),
+    }
 }
 
 fn mac_of_backend(ip: Ipv4Addr) -> Mac {
@@ -488,6 +499,36 @@ impl Dataplane {
         m.insert(key, service, 0).expect("writing a service");
     }
 
+    fn remove_service(&mut self, key: ServiceKey) {
+        let mut m: BpfHashMap<_, ServiceKey, Service> =
+            self.map_mut(maps::SERVICES).try_into().unwrap();
+        m.remove(&key).expect("removing a service");
+    }
+
+    /// Fills FLOWS from userspace with made-up flows (192.0.2.x clients)
+    /// until the kernel refuses one; returns their keys.
+    fn fill_flows(&mut self) -> Vec<FlowKey> {
+        let mut m: BpfHashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS).try_into().unwrap();
+        let mut keys = Vec::new();
+        for i in 0..=MAX_FLOWS {
+            let key = flow_key(
+                addr(Ipv4Addr::new(192, 0, 2, (i >> 8) as u8), i as u16),
+                addr(VIP, API_PORT),
+                PROTO_TCP,
+            );
+            if m.insert(key, Flow::default(), 0).is_err() {
+                return keys;
+            }
+            keys.push(key);
+        }
+        panic!("FLOWS took more than its {MAX_FLOWS} entries");
+    }
+
+    fn remove_flow(&mut self, key: &FlowKey) {
+        let mut m: BpfHashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS).try_into().unwrap();
+        m.remove(key).expect("removing a flow");
+    }
+
     /// The backend the program must pick for a new flow `src → dst`: the
     /// service's Maglev slot for the flow's hash, as the maps hold them.
     fn maglev_choice(
@@ -838,11 +879,10 @@ struct Connection {
 }
 
 impl Connection {
-    /// Its two FLOWS entries, `last_seen_ns` left 0, with the TCP flags
-    /// each direction has seen.
+    /// Its two FLOWS entries, `last_seen_ns` and the next hop left 0 (see
+    /// `normalized`), with the TCP flags each direction has seen.
     fn flows(&self, forward_seen: u8, reply_seen: u8) -> Vec<(FlowKey, Flow)> {
         let flow = |new_src: SocketAddrV4, new_dst: SocketAddrV4, seen, dir| Flow {
-            last_seen_ns: 0,
             new_src: new_src.ip().octets(),
             new_dst: new_dst.ip().octets(),
             new_sport: new_src.port().to_be_bytes(),
@@ -851,8 +891,7 @@ impl Connection {
             service: self.service,
             tcp_seen: seen,
             dir,
-            flags: 0,
-            _pad: 0,
+            ..Flow::default()
         };
         vec![
             (
@@ -870,7 +909,7 @@ impl Connection {
 fn show_flow((k, f): &(FlowKey, Flow)) -> String {
     let a = |ip: [u8; 4], port: [u8; 2]| addr(ip.into(), u16::from_be_bytes(port));
     format!(
-        "{} → {} /{} ⇒ {} → {} backend {} service {} seen {:#06b} dir {} flags {} last_seen {}",
+        "{} → {} /{} ⇒ {} → {} backend {} service {} seen {:#06b} dir {} flags {} last_seen {} hop {:?} at {}",
         a(k.src, k.sport),
         a(k.dst, k.dport),
         k.proto,
@@ -881,26 +920,56 @@ fn show_flow((k, f): &(FlowKey, Flow)) -> String {
         f.tcp_seen,
         f.dir,
         f.flags,
-        f.last_seen_ns
+        f.last_seen_ns,
+        f.hop,
+        f.hop_ns
     )
 }
 
+/// `flow` without what depends on the clock: `last_seen_ns`, and the next
+/// hop, which must be lb0 → the MAC of the flow's new destination once
+/// resolved (and is checked here).
+fn normalized(ifindex: u32, &(k, f): &(FlowKey, Flow)) -> Result<(FlowKey, Flow), String> {
+    if f.hop_ns != 0 {
+        let want = NextHop {
+            ifindex,
+            smac: LB_MAC,
+            dmac: mac_of_host(f.new_dst.into()),
+        };
+        if f.hop != want {
+            return Err(format!(
+                "next hop {:?}, expected {want:?}, in {}",
+                f.hop,
+                show_flow(&(k, f))
+            ));
+        }
+    } else if f.hop != NextHop::default() {
+        return Err(format!(
+            "a next hop without a time in {}",
+            show_flow(&(k, f))
+        ));
+    }
+    Ok((
+        k,
+        Flow {
+            last_seen_ns: 0,
+            hop_ns: 0,
+            hop: NextHop::default(),
+            ..f
+        },
+    ))
+}
+
 /// FLOWS holds exactly `expected` (whose `last_seen_ns` is ignored, but
-/// must be set in the map).
+/// must be set in the map, and whose next hops must be right where set).
 fn assert_flows(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
     let got = dp.flows();
     let stamped = got.iter().all(|(_, f)| f.last_seen_ns != 0);
     let sorted = |v: &[(FlowKey, Flow)]| {
         let mut v: Vec<(FlowKey, Flow)> = v
             .iter()
-            .map(|&(k, f)| {
-                (
-                    k,
-                    Flow {
-                        last_seen_ns: 0,
-                        ..f
-                    },
-                )
+            .map(|e| {
+                normalized(dp.ifindex, e).unwrap_or_else(|e| panic!("FLOWS after {after}: {e}"))
             })
             .collect();
         v.sort_by_key(|(k, _)| bytemuck::bytes_of(k).to_vec());
@@ -978,6 +1047,60 @@ fn tcp_connection_is_nated_both_ways() {
             &conn.flows(SEEN_SYN | SEEN_ACK, SEEN_SYN | SEEN_ACK),
         );
     });
+}
+
+/// A TCP connection from CLIENT:`port` to the VIP, opened by its SYN
+/// (checked like row 1) and the backend's SYN-ACK.
+fn establish(dp: &Dataplane, port: u16) -> (Connection, Mac) {
+    let client = addr(CLIENT, port);
+    let vip = addr(VIP, API_PORT);
+    let (backend_id, backend) = dp.maglev_choice(client, vip, PROTO_TCP);
+    let backend_mac = mac_of_backend(*backend.ip());
+    let out = dp.check(&Case::new(
+        "SYN opening a connection",
+        syn(client_to_vip(port)).build(),
+        Action::Tx,
+        Reason::TxForward,
+        new_flow_to(backend, |w| syn(w).build()),
+    ));
+    let snat = addr(SNAT, ports_of(&out).0);
+    dp.check(&Case::new(
+        "its SYN-ACK",
+        syn_ack(wire(backend_mac, backend, LB_MAC, snat)).build(),
+        Action::Tx,
+        Reason::TxReply,
+        Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_MAC, client)).build()),
+    ));
+    let conn = Connection {
+        client,
+        vip,
+        snat,
+        backend,
+        backend_id,
+        service: 0,
+        proto: PROTO_TCP,
+    };
+    (conn, backend_mac)
+}
+
+impl Connection {
+    /// A data segment each way: client → backend, backend → client.
+    fn both_ways(&self, dp: &Dataplane, backend_mac: Mac, what: &'static str) {
+        dp.check(&Case::new(
+            what,
+            request(client_to_vip(self.client.port())).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, self.snat, backend_mac, self.backend)).build()),
+        ));
+        dp.check(&Case::new(
+            what,
+            request(wire(backend_mac, self.backend, LB_MAC, self.snat)).build(),
+            Action::Tx,
+            Reason::TxReply,
+            Out::Frame(request(wire(LB_MAC, self.vip, CLIENT_MAC, self.client)).build()),
+        ));
+    }
 }
 
 /// Rows 4-5: what is not a service's nor a NATed flow's passes untouched.
@@ -1239,11 +1362,9 @@ fn udp_service_is_nated_with_and_without_checksum() {
         let flows = dp.flows();
         for entry in conn.flows(0, 0) {
             assert!(
-                flows.iter().any(|(k, f)| *k == entry.0
-                    && Flow {
-                        last_seen_ns: 0,
-                        ..*f
-                    } == entry.1),
+                flows
+                    .iter()
+                    .any(|e| normalized(dp.ifindex, e).is_ok_and(|n| n == entry)),
                 "FLOWS lacks {}",
                 show_flow(&entry)
             );
@@ -1264,6 +1385,25 @@ fn inactive_node_passes_vip_traffic() {
             Reason::PassNotActive,
         ));
         assert_flows(&dp, "a SYN on a backup", &[]);
+
+        // Demoted with a connection NATed here: its client's packets are
+        // the new master's now; its backend's replies still come here and
+        // are served.
+        dp.set_config(ACTIVE);
+        let (conn, backend_mac) = establish(&dp, 40001);
+        dp.set_config(DataplaneConfig { flags: 0, ..ACTIVE });
+        dp.check(&Case::pass(
+            "9 a demoted node's established connection, client side",
+            request(client_to_vip(40001)).build(),
+            Reason::PassNotActive,
+        ));
+        dp.check(&Case::new(
+            "9 a demoted node's established connection, backend side",
+            request(wire(backend_mac, conn.backend, LB_MAC, conn.snat)).build(),
+            Action::Tx,
+            Reason::TxReply,
+            Out::Frame(request(wire(LB_MAC, conn.vip, CLIENT_MAC, conn.client)).build()),
+        ));
     });
 }
 
@@ -1315,7 +1455,6 @@ fn local_backend_is_delivered_locally() {
             vec![(
                 flow_key(addr(CLIENT, 40000), addr(VIP, API_PORT), PROTO_TCP),
                 Flow {
-                    last_seen_ns: 0,
                     backend: 0,
                     service: 0,
                     tcp_seen: seen,
@@ -1387,5 +1526,79 @@ fn nat_port_exhaustion_drops_new_flows() {
             proto: PROTO_TCP,
         };
         assert_flows(&dp, "port exhaustion", &conn.flows(SEEN_SYN | SEEN_ACK, 0));
+    });
+}
+
+/// Row 13: a full flow table refuses new connections and keeps serving the
+/// established ones. (An LRU would evict an established connection's entry
+/// instead, and with full NAT that connection would be lost: its next
+/// packet would get another NAT port, which the backend answers with RST.)
+#[test]
+fn full_flow_table_refuses_new_connections_keeps_established_ones() {
+    in_own_netns("full_flow_table_refuses_new_connections", || {
+        let mut dp = Dataplane::start();
+        let (conn, backend_mac) = establish(&dp, 40000);
+        let filler = dp.fill_flows();
+        assert!(
+            filler.len() as u32 >= MAX_FLOWS - 2,
+            "FLOWS refused a flow after {} + 2 entries (max {MAX_FLOWS})",
+            filler.len()
+        );
+        let full = dp.flows().len();
+        dp.check(&Case::drop(
+            "13 SYN into a full table",
+            syn(client_to_vip(40001)).build(),
+            Reason::DropFlowTableFull,
+        ));
+        conn.both_ways(
+            &dp,
+            backend_mac,
+            "13 established connection in a full table",
+        );
+
+        // Room for one entry: the reply half fits, the forward half does
+        // not, and the reply half is given back.
+        dp.remove_flow(&filler[0]);
+        dp.check(&Case::drop(
+            "13 SYN with room for one half",
+            syn(client_to_vip(40001)).build(),
+            Reason::DropFlowTableFull,
+        ));
+        assert_eq!(
+            dp.flows().len(),
+            full - 1,
+            "a half-made connection stayed in FLOWS"
+        );
+
+        // Ageing made room for a connection: it is served.
+        dp.remove_flow(&filler[1]);
+        let (second, second_mac) = establish(&dp, 40001);
+        second.both_ways(
+            &dp,
+            second_mac,
+            "13 a connection made after ageing made room",
+        );
+        assert_eq!(dp.flows().len(), full);
+    });
+}
+
+/// Row 14: removing a service drains it: its established connections keep
+/// flowing both ways until they end (or age out), new ones are not taken.
+#[test]
+fn removed_service_drains_its_connections() {
+    in_own_netns("removed_service_drains_its_connections", || {
+        let mut dp = Dataplane::start();
+        let (conn, backend_mac) = establish(&dp, 40000);
+        dp.remove_service(TCP_SERVICE);
+        conn.both_ways(
+            &dp,
+            backend_mac,
+            "14 established connection of a removed service",
+        );
+        dp.check(&Case::pass(
+            "14 SYN to the removed service",
+            syn(client_to_vip(40001)).build(),
+            Reason::PassNotService,
+        ));
     });
 }

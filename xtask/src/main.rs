@@ -48,6 +48,10 @@ enum Cmd {
         /// Smoke run (under 2 minutes); CI may run it, results are not meaningful.
         #[arg(long)]
         quick: bool,
+        /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e.
+        /// Results go to <date>-partial.*, which is not committed.
+        #[arg(long, value_name = "PART")]
+        only: Vec<String>,
     },
     /// Bring up the lab, run xdplb on lb1, send traffic, print a report, tear down.
     Lab {
@@ -78,12 +82,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => test(&args),
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, only } => {
             let bin_dir = build(true)?;
             // The lab runs the release agent, not the debug one beside xtask.
             // SAFETY: no other thread exists yet.
             unsafe { std::env::set_var("XDPLB_BIN_DIR", &bin_dir) };
-            bench::run(bench::Options { quick })
+            bench::run(bench::Options { quick }, &only)
         }
         Cmd::Lab { hold } => {
             build(false)?;

@@ -77,7 +77,8 @@ pub struct Section {
     pub ratios: Vec<Ratio>,
 }
 
-pub fn run(opts: Options) -> Result<()> {
+/// `only`: part keys to run (empty: all of them).
+pub fn run(opts: Options, only: &[String]) -> Result<()> {
     crate::setup::require_root("cargo xtask bench (namespaces, XDP, pinned CPUs)")?;
     let started = Instant::now();
     let machine = report::Machine::probe();
@@ -90,19 +91,39 @@ pub fn run(opts: Options) -> Result<()> {
     let mut sections = Vec::new();
     // Each part is independent: one failing is reported, the rest still run.
     type Part = fn(Options) -> Result<Section>;
-    let parts: &[(&str, Part)] = &[
-        ("per-packet cost (BPF_PROG_TEST_RUN)", pkt::run),
-        ("per-packet cost as the flow table grows", pkt::scale),
-        ("memory of the maps", pkt::memory),
-        ("forwarding rate (live frames through veth)", mpps::run),
-        ("end to end in the lab: requests per second", e2e::run),
+    let parts: &[(&str, &str, Part)] = &[
+        ("pkt", "per-packet cost (BPF_PROG_TEST_RUN)", pkt::run),
         (
+            "scale",
+            "per-packet cost as the flow table grows",
+            pkt::scale,
+        ),
+        ("memory", "memory of the maps", pkt::memory),
+        (
+            "mpps",
+            "forwarding rate (live frames through veth)",
+            mpps::run,
+        ),
+        (
+            "e2e",
+            "end to end in the lab: requests per second",
+            e2e::run,
+        ),
+        (
+            "e2e",
             "end to end in the lab: LB CPU per request",
             e2e::cpu_per_request,
         ),
-        ("end to end in the lab: latency", e2e::latency),
+        ("e2e", "end to end in the lab: latency", e2e::latency),
     ];
-    for (name, part) in parts {
+    if let Some(bad) = only.iter().find(|o| !parts.iter().any(|(k, _, _)| k == o)) {
+        anyhow::bail!("--only {bad}: not a part (pkt, scale, memory, mpps, e2e)");
+    }
+    let partial = !only.is_empty();
+    for (key, name, part) in parts {
+        if partial && !only.iter().any(|o| o == key) {
+            continue;
+        }
         println!("bench: {name}...");
         match part(opts) {
             Ok(s) => sections.push(s),
@@ -113,7 +134,7 @@ pub fn run(opts: Options) -> Result<()> {
             }),
         }
     }
-    let report = report::Report::new(machine, opts, sections, started.elapsed());
+    let report = report::Report::new(machine, opts, partial, sections, started.elapsed());
     report.write(&crate::workspace_root().join("bench/results"))?;
     report.print_summary();
     Ok(())

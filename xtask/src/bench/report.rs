@@ -57,13 +57,21 @@ impl Machine {
 pub struct Report {
     pub date: String,
     pub quick: bool,
+    /// Only some parts ran (`--only`): not a results file to commit.
+    pub partial: bool,
     pub duration_s: f64,
     pub machine: Machine,
     pub sections: Vec<Section>,
 }
 
 impl Report {
-    pub fn new(machine: Machine, opts: Options, sections: Vec<Section>, took: Duration) -> Report {
+    pub fn new(
+        machine: Machine,
+        opts: Options,
+        partial: bool,
+        sections: Vec<Section>,
+        took: Duration,
+    ) -> Report {
         let date = std::process::Command::new("date")
             .arg("+%Y-%m-%d")
             .output()
@@ -72,20 +80,23 @@ impl Report {
         Report {
             date,
             quick: opts.quick,
+            partial,
             duration_s: took.as_secs_f64(),
             machine,
             sections,
         }
     }
 
-    /// `<dir>/<date>[-quick].{md,json,png}`.
+    /// `<dir>/<date>[-quick][-partial].{md,json,png}`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stem = if self.quick {
-            format!("{}-quick", self.date)
-        } else {
-            self.date.clone()
-        };
+        let mut stem = self.date.clone();
+        if self.quick {
+            stem.push_str("-quick");
+        }
+        if self.partial {
+            stem.push_str("-partial");
+        }
         let md = dir.join(format!("{stem}.md"));
         fs::write(&md, self.markdown()).with_context(|| format!("writing {}", md.display()))?;
         fs::write(
@@ -106,7 +117,12 @@ impl Report {
             "# xdplb benchmark, {}{}\n\nMachine: {} × {}, {:.0} GiB, Linux {}; load average before the run {:.2}; took {:.0} s.\n\
              Every figure is the median of the runs with min–max; ratios compare peers measured in this same run.\n",
             self.date,
-            if self.quick { " (quick)" } else { "" },
+            match (self.quick, self.partial) {
+                (false, false) => "",
+                (true, false) => " (quick)",
+                (false, true) => " (some parts only)",
+                (true, true) => " (quick, some parts only)",
+            },
             m.cpus,
             m.cpu,
             m.memory_gib,
