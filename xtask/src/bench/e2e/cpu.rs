@@ -67,6 +67,29 @@ pub fn steer_rx(ns: &str, cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Turns RPS off for `ns`'s eth0: received packets are processed on the
+/// CPU that received them (for a veth, the sender's), the kernel's default.
+pub fn unsteer_rx(ns: &str) -> Result<()> {
+    write_net_sysfs(ns, "eth0/queues/rx-0/rps_cpus", "0")?;
+    Ok(())
+}
+
+/// Turns threaded NAPI of `dev` in `ns` off again (the kernel's default).
+pub fn unthread_napi(ns: &str, dev: &str) -> Result<()> {
+    let got = write_net_sysfs(ns, &format!("{dev}/threaded"), "0")?;
+    if got != "0" {
+        bail!("{dev} in {ns}: threaded NAPI reads {got:?} after writing 0");
+    }
+    Ok(())
+}
+
+/// The online CPUs as a list taskset takes ("0-1").
+pub fn online() -> String {
+    fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "0".into())
+}
+
 /// PIDs of the kernel's threaded-NAPI threads for devices named `dev`
 /// (`napi/<dev>-<napi id>`), in every namespace: the caller tells its own
 /// apart by taking the ones that appeared after it enabled threading.

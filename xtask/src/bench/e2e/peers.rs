@@ -25,7 +25,11 @@ const NFT_TABLE: &str = "xdplb_bench";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lb {
+    /// Native XDP in lb1's veth NAPI (a threaded NAPI kthread on the LB CPU).
     Xdplb,
+    /// Generic (skb) XDP: in the receive softirq, which RPS puts on the LB
+    /// CPU as for the proxies; on a veth it skips the NAPI kthread.
+    XdplbGeneric,
     Haproxy,
     Nginx,
     Nft,
@@ -34,11 +38,19 @@ pub enum Lb {
 }
 
 impl Lb {
-    pub const ALL: [Lb; 5] = [Lb::Xdplb, Lb::Haproxy, Lb::Nginx, Lb::Nft, Lb::Direct];
+    pub const ALL: [Lb; 6] = [
+        Lb::Xdplb,
+        Lb::XdplbGeneric,
+        Lb::Haproxy,
+        Lb::Nginx,
+        Lb::Nft,
+        Lb::Direct,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Lb::Xdplb => "xdplb",
+            Lb::XdplbGeneric => "xdplb-generic",
             Lb::Haproxy => "haproxy",
             Lb::Nginx => "nginx",
             Lb::Nft => "nft",
@@ -72,13 +84,25 @@ pub fn start_backends(lab: &Lab) -> Result<Vec<Proc>> {
                  \x20   server {{\n        listen {PORT} backlog=4096;\n        location / {{ return 200 \"ok\\n\"; }}\n    }}\n}}\n",
                 d = dir.display()
             ));
-            start_nginx(host, &dir, &conf, LOAD_CPU, &format!("nginx backend on {name}"))
+            start_nginx(
+                host,
+                &dir,
+                &conf,
+                &LOAD_CPU.to_string(),
+                &format!("nginx backend on {name}"),
+            )
         })
         .collect()
 }
 
-/// Starts `lb` in lb1 (or nothing, for `Direct`), its work pinned to the LB CPU.
-pub fn start(lab: &Lab, lb: Lb) -> Result<Running> {
+/// Starts `lb` in lb1 (or nothing, for `Direct`), its work pinned to the LB
+/// CPU, or (`pinned` false) left where the kernel and scheduler put it.
+pub fn start(lab: &Lab, lb: Lb, pinned: bool) -> Result<Running> {
+    let lb_cpus = if pinned {
+        LB_CPU.to_string()
+    } else {
+        cpu::online()
+    };
     let lb1 = lab.host("lb1");
     let backends = backend_ips(lab);
     let on_lb1 = format!("http://{}:{PORT}/", lb1.ip);
@@ -90,7 +114,8 @@ pub fn start(lab: &Lab, lb: Lb) -> Result<Running> {
         _nft: None,
     };
     match lb {
-        Lb::Xdplb => {
+        Lb::Xdplb | Lb::XdplbGeneric => {
+            let generic = lb == Lb::XdplbGeneric;
             let vip = lab.vip().to_string();
             let port = PORT.to_string();
             let bs: Vec<String> = backends
@@ -108,19 +133,31 @@ pub fn start(lab: &Lab, lb: Lb) -> Result<Running> {
             for b in &bs {
                 args.extend(["--backend", b.as_str()]);
             }
+            if generic {
+                args.extend(["--xdp-mode", "generic"]);
+            }
             let napi_before = cpu::napi_threads("eth0");
             let agent = lab.start_agent("lb1", &args)?;
             // The agent (health checks, flow ageing) is LB work too.
-            cpu::pin(agent.proc.pid(), LB_CPU, true)?;
+            if pinned {
+                cpu::pin(agent.proc.pid(), LB_CPU, true)?;
+            }
             running.pids.push(agent.proc.pid());
-            // XDP on a veth runs in the veth's NAPI poll, scheduled on the
-            // sender's CPU; threaded NAPI moves it into a kthread we can pin.
-            running.pids.extend(cpu::thread_napi(
-                &lb1.ns.name,
-                "eth0",
-                LB_CPU,
-                &napi_before,
-            )?);
+            // Native XDP on a veth runs in the veth's NAPI poll, scheduled
+            // on the sender's CPU; threaded NAPI moves it into a kthread we
+            // can pin. Generic XDP runs where RPS put lb1's receive path.
+            if !generic && pinned {
+                running.pids.extend(cpu::thread_napi(
+                    &lb1.ns.name,
+                    "eth0",
+                    LB_CPU,
+                    &napi_before,
+                )?);
+            } else if !generic {
+                // The device remembers an earlier run's setting; its NAPI
+                // exists only while XDP is attached, so reset it now.
+                cpu::unthread_napi(&lb1.ns.name, "eth0")?;
+            }
             running.url = format!("http://{vip}:{PORT}/");
             running._agent = Some(agent);
         }
@@ -141,8 +178,7 @@ pub fn start(lab: &Lab, lb: Lb) -> Result<Running> {
             let cfg = dir.join("haproxy.cfg");
             fs::write(&cfg, conf).with_context(|| format!("writing {}", cfg.display()))?;
             let mut cmd = lb1.ns.command("taskset");
-            cmd.args(["-c", &LB_CPU.to_string(), "haproxy", "-db", "-f"])
-                .arg(&cfg);
+            cmd.args(["-c", &lb_cpus, "haproxy", "-db", "-f"]).arg(&cfg);
             let p = Proc::spawn("haproxy on lb1", cmd, &dir.join("haproxy.log"))?;
             running.pids.push(p.pid());
             running._proc = Some(p);
@@ -160,7 +196,7 @@ pub fn start(lab: &Lab, lb: Lb) -> Result<Running> {
                 "    }}\n    server {{\n        listen {}:{PORT} backlog=4096;\n        proxy_pass be;\n    }}\n}}",
                 lb1.ip
             )?;
-            let p = start_nginx(lb1, &dir, &conf, LB_CPU, "nginx stream on lb1")?;
+            let p = start_nginx(lb1, &dir, &conf, &lb_cpus, "nginx stream on lb1")?;
             running.pids.push(p.pid());
             running._proc = Some(p);
         }
@@ -255,11 +291,12 @@ fn nginx_head(dir: &Path, connections: u32) -> Result<String> {
     ))
 }
 
-fn start_nginx(host: &Host, dir: &Path, conf: &str, cpu: usize, name: &str) -> Result<Proc> {
+/// `cpus`: a taskset CPU list.
+fn start_nginx(host: &Host, dir: &Path, conf: &str, cpus: &str, name: &str) -> Result<Proc> {
     let cfg = dir.join("nginx.conf");
     fs::write(&cfg, conf).with_context(|| format!("writing {}", cfg.display()))?;
     let mut cmd = host.ns.command("taskset");
-    cmd.args(["-c", &cpu.to_string(), "nginx", "-p"])
+    cmd.args(["-c", cpus, "nginx", "-p"])
         .arg(dir)
         .arg("-c")
         .arg(&cfg);
