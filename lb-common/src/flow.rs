@@ -366,12 +366,12 @@ pub const FLOW_LOCAL: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Flow {
-    /// bpf_ktime_get_coarse_ns() of the last packet, refreshed at most
-    /// every [`TOUCH_INTERVAL_NS`] to keep the shared cache line quiet.
-    pub last_seen_ns: u64,
-    /// When `hop` came from the FIB; 0: not yet. Refreshed after
-    /// [`NEXT_HOP_TTL_NS`].
-    pub hop_ns: u64,
+    /// Jiffies ([`crate::clock`]) of the last packet, refreshed at most
+    /// once a second to keep the shared cache line quiet.
+    pub last_seen: u64,
+    /// Jiffies when `hop` came from the FIB; 0: not yet. Refreshed after a
+    /// second.
+    pub hop_at: u64,
     pub new_src: [u8; 4],
     pub new_dst: [u8; 4],
     pub new_sport: [u8; 2],
@@ -387,13 +387,11 @@ pub struct Flow {
     pub _pad: u8,
 }
 
-pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
-
 /// Where a packet to one address leaves, from the kernel's FIB: kept in
 /// the flow so established traffic needs no `bpf_fib_lookup` (the largest
-/// cost on the forward path) and no second map lookup; refreshed after
-/// [`NEXT_HOP_TTL_NS`], so a neighbour whose MAC changed, or a route that
-/// moved, is followed within that time.
+/// cost on the forward path) and no second map lookup; refreshed after a
+/// second, so a neighbour whose MAC changed, or a route that moved, is
+/// followed within that time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NextHop {
@@ -401,8 +399,6 @@ pub struct NextHop {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
-
-pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 const _: () = assert!(core::mem::size_of::<Flow>() == 56);
 

@@ -4,12 +4,13 @@
 //! Also the pure logic both sides need, tested on the host: checksum
 //! arithmetic ([`csum`]), the flow hash ([`flow`]) and Maglev table
 //! building ([`maglev`]).
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 // Only the agent allocates (Maglev tables); the eBPF build has no allocator.
 #[cfg(any(test, feature = "alloc"))]
 extern crate alloc;
 
+pub mod clock;
 pub mod csum;
 pub mod flow;
 pub mod maglev;

@@ -71,7 +71,10 @@ pub struct DataplaneConfig {
     pub nat_port_min: u16,
     pub nat_port_max: u16,
     pub flags: u32,
-    pub _pad: u32,
+    /// The data plane clock's ticks per second (the kernel's HZ, see
+    /// [`crate::clock`]): its "one second" for refreshing flow timestamps
+    /// and next hops. 0 refreshes them on every packet.
+    pub ticks_per_s: u32,
 }
 
 #[cfg(feature = "user")]

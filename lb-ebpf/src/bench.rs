@@ -15,16 +15,24 @@
 //! flows the benchmark put into FLOWS. Checksums are left stale: the
 //! program updates them incrementally and never verifies them.
 //!
+//! Two floors share xdplb's own FLOWS map (same size, same fill): the
+//! `_insert2` wrapper only inserts two entries per repeat, keyed by the
+//! sprayed tuple and its mirror, as a new connection does; `_lookup` only
+//! looks the sprayed tuple up, as an established packet does. They show how
+//! much of xdplb's cost is the kernel's hash table (and its cache misses).
+//!
 //! Bench frames are IPv4 without options, TCP, at least [`SAVED`] bytes.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_NOEXIST, xdp_action},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use lb_common::flow::{Flow, FlowKey};
+use lb_ebpf::maps::FLOWS;
 
 /// Bytes saved and restored: Ethernet + IPv4 (no options) + TCP header
 /// with its checksum, everything NAT rewrites.
@@ -43,6 +51,11 @@ static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// 0: the index only grows (a new flow every repeat); n: it wraps at n.
 #[map(name = "BENCH_CYCLE")]
 static BENCH_CYCLE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Repeats of the floors that did what they stand for (an insert pair
+/// made, a lookup hit), per CPU: the benchmark checks every repeat did.
+#[map(name = "BENCH_HITS")]
+static BENCH_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn head(ctx: &XdpContext) -> Option<*mut Head> {
@@ -96,6 +109,30 @@ fn next_tuple(ctx: &XdpContext) -> Option<()> {
         *p.add(SPORT + 1) = i as u8;
     }
     Some(())
+}
+
+/// The frame's TCP/IPv4 tuple as a FlowKey (bench frames: no IP options).
+#[inline(always)]
+fn tuple(ctx: &XdpContext) -> Option<FlowKey> {
+    let p = head(ctx)? as *const u8;
+    // SAFETY: every offset below lies within the SAVED bytes `head` checked.
+    let at = |i: usize| unsafe { *p.add(i) };
+    Some(FlowKey {
+        src: [at(26), at(27), at(28), at(29)],
+        dst: [at(30), at(31), at(32), at(33)],
+        sport: [at(34), at(35)],
+        dport: [at(36), at(37)],
+        proto: at(23),
+        _pad: [0; 3],
+    })
+}
+
+#[inline(always)]
+fn hit() {
+    if let Some(n) = BENCH_HITS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot.
+        unsafe { *n += 1 };
+    }
 }
 
 /// The entry program's body (main.rs), between save and restore.
@@ -154,6 +191,59 @@ pub fn bench_lb_spray(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     }
     lb(&ctx, &saved)
+}
+
+/// Floor of a new flow: the two FLOWS inserts alone.
+#[xdp]
+pub fn bench_insert2_spray(ctx: XdpContext) -> u32 {
+    let Some(saved) = save(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if next_tuple(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(key) = tuple(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let mirror = FlowKey {
+        src: key.dst,
+        dst: key.src,
+        sport: key.dport,
+        dport: key.sport,
+        ..key
+    };
+    let flow = Flow::default();
+    if FLOWS.insert(&mirror, &flow, BPF_NOEXIST as u64).is_ok()
+        && FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok()
+    {
+        hit();
+    }
+    if !restore(&ctx, &saved) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Floor of an established packet among many flows: the FLOWS lookup alone.
+#[xdp]
+pub fn bench_lookup_spray(ctx: XdpContext) -> u32 {
+    let Some(saved) = save(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if next_tuple(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(key) = tuple(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the value is only tested for presence.
+    if unsafe { FLOWS.get(&key) }.is_some() {
+        hit();
+    }
+    if !restore(&ctx, &saved) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -5,13 +5,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    helpers::generated::bpf_jiffies64,
     programs::XdpContext,
 };
 use lb_common::{
     flow::{
         DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, NAT_PORT_TRIES, NextHop, SEEN_ACK,
-        SEEN_FIN, SEEN_RST, SEEN_SYN, TOUCH_INTERVAL_NS, flow_hash, nat_port_offset,
+        SEEN_FIN, SEEN_RST, SEEN_SYN, flow_hash, nat_port_offset,
     },
     service::{BACKEND_LOCAL, DataplaneConfig, Service},
     stats::Reason,
@@ -54,27 +54,27 @@ fn seen_bits(tcp_flags: u8) -> u8 {
     seen
 }
 
-/// The data plane's clock, read once per packet and handed to whoever needs
-/// it (flow ageing, the next-hop cache). Coarse is enough for both and
-/// cheaper than the precise clock; the agent compares against
-/// CLOCK_MONOTONIC_COARSE.
+/// The data plane's clock (lb_common::clock): jiffies, read once per
+/// packet and handed to whoever needs it (flow ageing, the next-hop
+/// cache). The verifier inlines this helper into a load; a clocksource
+/// read costs a helper call, 20-50 ns a packet in a VM.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helper with no arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    unsafe { bpf_jiffies64() }
 }
 
 /// Records what ageing needs, writing the shared entry only when something
-/// changed (new flags, or a second has passed), so established traffic on
-/// several CPUs doesn't bounce its cache line.
+/// changed (new flags, or `second` ticks have passed), so established
+/// traffic on several CPUs doesn't bounce its cache line.
 #[inline(always)]
-pub fn touch(flow: &mut Flow, tcp_flags: u8, t: u64) {
+pub fn touch(flow: &mut Flow, tcp_flags: u8, t: u64, second: u64) {
     let seen = seen_bits(tcp_flags);
     if flow.tcp_seen | seen != flow.tcp_seen {
         flow.tcp_seen |= seen;
     }
-    if t.wrapping_sub(flow.last_seen_ns) > TOUCH_INTERVAL_NS {
-        flow.last_seen_ns = t;
+    if t.wrapping_sub(flow.last_seen) >= second {
+        flow.last_seen = t;
     }
 }
 
@@ -119,7 +119,7 @@ pub fn create(
         // Stacked master: the local apiserver on *:6443 answers for the VIP
         // itself; remember the choice so the whole connection stays local.
         let flow = Flow {
-            last_seen_ns: t,
+            last_seen: t,
             backend: backend_id,
             service: service.id,
             tcp_seen: seen,
@@ -138,7 +138,7 @@ pub fn create(
     // hop to `forward::send`, which hands the packet to the kernel.
     let snat_ip = config.snat_ip;
     let ingress = ctx.ingress_ifindex() as u32;
-    let (hop, hop_ns) = match forward::fib(
+    let (hop, hop_at) = match forward::fib(
         ctx,
         ingress,
         snat_ip,
@@ -151,7 +151,7 @@ pub fn create(
         Err(_) => (NextHop::default(), 0),
     };
     let reply = Flow {
-        last_seen_ns: t,
+        last_seen: t,
         new_src: key.dst,
         new_dst: key.src,
         new_sport: key.dport,
@@ -175,8 +175,8 @@ pub fn create(
             Err(_) => return Err(aborted()),
         }
         let flow = Flow {
-            last_seen_ns: t,
-            hop_ns,
+            last_seen: t,
+            hop_at,
             new_src: snat_ip,
             new_dst: backend.ip,
             new_sport: nat_port,

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    flow::{Flow, NEXT_HOP_TTL_NS, NextHop},
+    flow::{Flow, NextHop},
     stats::Reason,
 };
 
@@ -22,7 +22,8 @@ const AF_INET: u8 = 2;
 
 /// Sends `pkt`, already rewritten by `flow`, towards its new destination.
 /// `to_backend`: the packet goes client → backend (for the counters);
-/// `now`: the packet's clock reading (conntrack::now).
+/// `now`: the packet's clock reading (conntrack::now), `second` the
+/// clock's ticks per second.
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
@@ -30,9 +31,10 @@ pub fn send(
     flow: &mut Flow,
     to_backend: bool,
     now: u64,
+    second: u64,
 ) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = if flow.hop_ns != 0 && now.wrapping_sub(flow.hop_ns) < NEXT_HOP_TTL_NS {
+    let hop = if flow.hop_at != 0 && now.wrapping_sub(flow.hop_at) < second {
         flow.hop
     } else {
         let ip = &pkt.ip;
@@ -49,7 +51,7 @@ pub fn send(
                 // A racing CPU may write the same fields; both write what
                 // the FIB said a moment ago.
                 flow.hop = hop;
-                flow.hop_ns = now;
+                flow.hop_at = now;
                 hop
             }
             Err(reason) => return Verdict::pass(reason),

@@ -78,8 +78,9 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     let active = config.flags & CONFIG_ACTIVE != 0;
 
     // Established, either direction: one lookup has all the packet needs.
+    let second = u64::from(config.ticks_per_s);
     if let Some(flow) = conntrack::lookup(&pkt) {
-        return established(ctx, pkt, flow, active);
+        return established(ctx, pkt, flow, active, second);
     }
 
     // A client → VIP:port packet opening a connection to a virtual service?
@@ -102,7 +103,14 @@ pub fn process(ctx: &XdpContext) -> Verdict {
 /// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,
 /// or backend → SNAT rewritten back to VIP → client.
 #[inline(always)]
-fn established(ctx: &XdpContext, mut pkt: Ipv4Packet, flow: &mut Flow, active: bool) -> Verdict {
+/// `second`: the clock's ticks per second (DataplaneConfig::ticks_per_s).
+fn established(
+    ctx: &XdpContext,
+    mut pkt: Ipv4Packet,
+    flow: &mut Flow,
+    active: bool,
+    second: u64,
+) -> Verdict {
     let to_backend = flow.dir == DIR_FORWARD;
     if to_backend && !active {
         // Demoted: the new master carries on (same Maglev choice); replies
@@ -113,7 +121,7 @@ fn established(ctx: &XdpContext, mut pkt: Ipv4Packet, flow: &mut Flow, active: b
         return Verdict::drop(reason);
     }
     let now = conntrack::now();
-    conntrack::touch(flow, pkt.tcp_flags(), now);
+    conntrack::touch(flow, pkt.tcp_flags(), now, second);
     if flow.flags & FLOW_LOCAL != 0 {
         return Verdict::pass(Reason::PassLocalBackend);
     }
@@ -122,7 +130,7 @@ fn established(ctx: &XdpContext, mut pkt: Ipv4Packet, flow: &mut Flow, active: b
         maps::count_service(flow.service, pkt.len);
     }
     rewrite::nat(&mut pkt, flow);
-    forward::send(ctx, &mut pkt, flow, to_backend, now)
+    forward::send(ctx, &mut pkt, flow, to_backend, now, second)
 }
 
 /// The first packet of a connection: pick a backend, create both flow
@@ -145,5 +153,6 @@ fn new_connection(
     maps::count_backend(flow.backend, pkt.len);
     maps::count_service(flow.service, pkt.len);
     rewrite::nat(&mut pkt, &flow);
-    forward::send(ctx, &mut pkt, &mut flow, true, now)
+    let second = u64::from(config.ticks_per_s);
+    forward::send(ctx, &mut pkt, &mut flow, true, now, second)
 }

@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lb_common::{
     flow::{DIR_FORWARD, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_FIN, SEEN_RST},
@@ -63,13 +63,31 @@ pub struct Sweep {
     pub pressure: bool,
 }
 
+/// A reading of the data plane's clock (lb_common::clock): jiffies, and
+/// how many make a second.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub ticks: u64,
+    pub per_s: u32,
+}
+
+impl Now {
+    pub fn read(per_s: u32) -> Result<Now> {
+        let ticks = lb_common::clock::jiffies()
+            .context("reading the data plane's clock (jiffies) from /proc/timer_list")?;
+        Ok(Now { ticks, per_s })
+    }
+
+    /// How long ago the data plane stamped `last`.
+    fn since(self, last: u64) -> Duration {
+        let ticks = self.ticks.saturating_sub(last);
+        Duration::from_secs_f64(ticks as f64 / f64::from(self.per_s.max(1)))
+    }
+}
+
 /// The expired keys among `flows`, pairing each connection's two halves.
 /// Pure, so it is tested without a kernel.
-pub fn expired(
-    flows: &[(FlowKey, Flow)],
-    now_ns: u64,
-    timeouts: &Timeouts,
-) -> (Vec<FlowKey>, usize) {
+pub fn expired(flows: &[(FlowKey, Flow)], now: Now, timeouts: &Timeouts) -> (Vec<FlowKey>, usize) {
     let by_key: HashMap<FlowKey, &Flow> = flows.iter().map(|(k, f)| (*k, f)).collect();
     let mut dead = Vec::new();
     let mut connections = 0;
@@ -89,14 +107,11 @@ pub fn expired(
         let (last, seen) = match reply {
             Some(r) => {
                 paired.insert(reply_key);
-                (
-                    flow.last_seen_ns.max(r.last_seen_ns),
-                    flow.tcp_seen | r.tcp_seen,
-                )
+                (flow.last_seen.max(r.last_seen), flow.tcp_seen | r.tcp_seen)
             }
-            None => (flow.last_seen_ns, flow.tcp_seen),
+            None => (flow.last_seen, flow.tcp_seen),
         };
-        if idle(now_ns, last) > timeouts.for_flow(key.proto, seen) {
+        if now.since(last) > timeouts.for_flow(key.proto, seen) {
             dead.push(*key);
             if reply.is_some() {
                 dead.push(reply_key);
@@ -109,30 +124,24 @@ pub fn expired(
         .iter()
         .filter(|(k, f)| f.dir != DIR_FORWARD && !paired.contains(k))
     {
-        if idle(now_ns, flow.last_seen_ns) > timeouts.for_flow(key.proto, flow.tcp_seen) {
+        if now.since(flow.last_seen) > timeouts.for_flow(key.proto, flow.tcp_seen) {
             dead.push(*key);
         }
     }
     (dead, connections)
 }
 
-fn idle(now_ns: u64, last_ns: u64) -> Duration {
-    Duration::from_nanos(now_ns.saturating_sub(last_ns))
-}
-
-/// The data plane's clock (bpf_ktime_get_coarse_ns).
-pub fn now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
 /// One pass over FLOWS (of `capacity` entries): removes what has expired.
+/// `ticks_per_s`: the data plane clock's rate (DataplaneConfig).
 pub fn sweep(
     map: &mut BpfHashMap<MapData, FlowKey, Flow>,
     timeouts: &Timeouts,
     capacity: u32,
+    ticks_per_s: u32,
 ) -> Result<Sweep> {
+    // Read before the snapshot: a flow stamped meanwhile looks younger,
+    // never older, than it is.
+    let now = Now::read(ticks_per_s)?;
     let snapshot: Vec<(FlowKey, Flow)> = map.iter().filter_map(|r| r.ok()).collect();
     let pressure = snapshot.len() as f64 >= PRESSURE_FILL * f64::from(capacity);
     let timeouts = if pressure {
@@ -140,7 +149,7 @@ pub fn sweep(
     } else {
         timeouts.clone()
     };
-    let (dead, connections) = expired(&snapshot, now_ns(), &timeouts);
+    let (dead, connections) = expired(&snapshot, now, &timeouts);
     let mut removed = 0;
     for key in &dead {
         // A flow the data plane gave back meanwhile is simply gone already.
@@ -175,7 +184,15 @@ mod tests {
 
     use super::*;
 
-    const S: u64 = 1_000_000_000;
+    /// Ticks per second in these tests.
+    const S: u64 = 1000;
+
+    fn at(ticks: u64) -> Now {
+        Now {
+            ticks,
+            per_s: S as u32,
+        }
+    }
 
     fn pair(
         client_port: u8,
@@ -193,7 +210,7 @@ mod tests {
             _pad: [0; 3],
         };
         let fwd = Flow {
-            last_seen_ns: last_fwd,
+            last_seen: last_fwd,
             new_src: [10, 0, 0, 2],
             new_dst: [10, 0, 0, 21],
             new_sport: [78, client_port],
@@ -204,7 +221,7 @@ mod tests {
         };
         let rev_key = FlowKey::reply_of(fwd.new_src, fwd.new_dst, fwd.new_sport, fwd.new_dport, 6);
         let rev = Flow {
-            last_seen_ns: last_rev,
+            last_seen: last_rev,
             tcp_seen: seen_rev,
             dir: DIR_REPLY,
             ..Flow::default()
@@ -232,7 +249,7 @@ mod tests {
             SEEN_ACK,
         )); // closing, 20 s idle
         flows.extend(pair(3, now - 40 * S, now - 40 * S, SEEN_SYN, 0)); // SYN never answered
-        let (dead, connections) = expired(&flows, now, &t);
+        let (dead, connections) = expired(&flows, at(now), &t);
         assert_eq!(connections, 3);
         assert!(!dead.contains(&flows[0].0) && !dead.contains(&flows[1].0));
         assert!(
@@ -253,7 +270,7 @@ mod tests {
             SEEN_SYN | SEEN_ACK,
             SEEN_ACK,
         );
-        assert!(expired(&flows, now, &Timeouts::default()).0.is_empty());
+        assert!(expired(&flows, at(now), &Timeouts::default()).0.is_empty());
     }
 
     #[test]
@@ -276,7 +293,7 @@ mod tests {
             SEEN_SYN | SEEN_ACK,
             SEEN_SYN | SEEN_ACK,
         ));
-        let (dead, connections) = expired(&flows, now, &t);
+        let (dead, connections) = expired(&flows, at(now), &t);
         assert_eq!(connections, 3);
         let dead_clients: std::collections::BTreeSet<[u8; 2]> = dead
             .iter()
@@ -290,14 +307,14 @@ mod tests {
         );
         assert_eq!(dead_clients.len(), 2);
         // Without pressure, the same table keeps all three.
-        assert!(expired(&flows, now, &Timeouts::default()).0.is_empty());
+        assert!(expired(&flows, at(now), &Timeouts::default()).0.is_empty());
     }
 
     #[test]
     fn orphan_reply_halves_age_out() {
         let now = 10_000 * S;
         let [_, rev] = pair(1, 0, now - 120 * S, 0, SEEN_SYN);
-        let (dead, connections) = expired(&[rev], now, &Timeouts::default());
+        let (dead, connections) = expired(&[rev], at(now), &Timeouts::default());
         assert_eq!((dead, connections), (vec![rev.0], 0));
     }
 }

@@ -80,6 +80,8 @@ async fn run(args: Args) -> Result<()> {
     preflight::privileges()?;
     let pin_dir = args.pin_dir();
     preflight::bpffs(&pin_dir)?;
+    let ticks_per_s = lb_common::clock::ticks_per_s(Duration::from_millis(200))
+        .context("measuring the data plane's clock rate (the kernel's HZ)")?;
 
     let vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
     let snat_ip = match config.snat_ip {
@@ -121,7 +123,7 @@ async fn run(args: Args) -> Result<()> {
     let mut reconciler = Reconciler::adopt(control, config.maglev_table_size)?;
     let (mut health, mut health_events) = Health::new();
     health.sync(&config)?;
-    let changes = reconciler.apply(&desired(&config, snat_ip, &health)?)?;
+    let changes = reconciler.apply(&desired(&config, snat_ip, &health, ticks_per_s)?)?;
     log_changes(&changes);
     info!(%snat_ip, nat_ports = ?config.nat_ports, "full-NAT source");
 
@@ -147,7 +149,7 @@ async fn run(args: Args) -> Result<()> {
             Some(event) = health_events.recv() => {
                 // The new table first: a reset flow's next packet must
                 // already pick among the healthy backends.
-                match desired(&config, snat_ip, &health).and_then(|d| reconciler.apply(&d)) {
+                match desired(&config, snat_ip, &health, ticks_per_s).and_then(|d| reconciler.apply(&d)) {
                     Ok(changes) => log_changes(&changes),
                     Err(e) => error!("applying a health change: {e:#}"),
                 }
@@ -155,7 +157,7 @@ async fn run(args: Args) -> Result<()> {
                 write_status(&args, &health);
             }
             _ = sighup.recv() => {
-                match reload(&args, &config, snat_ip, &mut reconciler, &mut health) {
+                match reload(&args, &config, snat_ip, ticks_per_s, &mut reconciler, &mut health) {
                     Ok(new) => {
                         if new.assign_vip
                             && let Err(e) = sync_vips(&args.iface, &new, &mut vip_guards).await
@@ -177,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
                 write_status(&args, &health);
             }
             _ = ageing.tick() => {
-                match flows::sweep(&mut flows, &config.timeouts, config.max_flows) {
+                match flows::sweep(&mut flows, &config.timeouts, config.max_flows, ticks_per_s) {
                     Ok(s) if s.pressure => warn!(
                         entries = s.entries, max_flows = config.max_flows, expired = s.expired,
                         "flow table nearly full: half-open and closing flows expire after 1 s idle; \
@@ -215,7 +217,13 @@ async fn run(args: Args) -> Result<()> {
 /// A readiness check can fail everywhere at once (an etcd hiccup turns every
 /// apiserver's /readyz red) while the apiservers still serve; cutting the
 /// whole control plane off would turn a blip into an outage.
-fn desired(config: &Config, snat_ip: Ipv4Addr, health: &Health) -> Result<Desired> {
+/// `ticks_per_s`: the data plane clock's rate, measured at start.
+fn desired(
+    config: &Config,
+    snat_ip: Ipv4Addr,
+    health: &Health,
+    ticks_per_s: u32,
+) -> Result<Desired> {
     let local = node::local_ipv4s()?;
     let services = config
         .services
@@ -257,6 +265,7 @@ fn desired(config: &Config, snat_ip: Ipv4Addr, health: &Health) -> Result<Desire
         snat_ip,
         nat_ports: config.nat_ports,
         active: true,
+        ticks_per_s,
         services,
     })
 }
@@ -324,6 +333,7 @@ fn reload(
     args: &Args,
     running: &Config,
     snat_ip: Ipv4Addr,
+    ticks_per_s: u32,
     reconciler: &mut Reconciler,
     health: &mut Health,
 ) -> Result<Config> {
@@ -335,7 +345,7 @@ fn reload(
     }
     let snat_ip = new.snat_ip.unwrap_or(snat_ip);
     health.sync(&new)?;
-    let changes = reconciler.apply(&desired(&new, snat_ip, health)?)?;
+    let changes = reconciler.apply(&desired(&new, snat_ip, health, ticks_per_s)?)?;
     info!("reloaded the configuration");
     log_changes(&changes);
     Ok(new)

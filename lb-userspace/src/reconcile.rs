@@ -29,6 +29,8 @@ pub struct Desired {
     pub nat_ports: (u16, u16),
     /// This node NATs VIP traffic (VRRP master; always, until VRRP exists).
     pub active: bool,
+    /// The data plane clock's rate (lb_common::clock).
+    pub ticks_per_s: u32,
     pub services: Vec<DesiredService>,
 }
 
@@ -191,7 +193,7 @@ impl Reconciler {
             nat_port_min: desired.nat_ports.0,
             nat_port_max: desired.nat_ports.1,
             flags: if desired.active { CONFIG_ACTIVE } else { 0 },
-            _pad: 0,
+            ticks_per_s: desired.ticks_per_s,
         };
         self.maps
             .config

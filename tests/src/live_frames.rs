@@ -604,7 +604,7 @@ fn load_xdplb(pins: &std::path::Path) -> Result<Ebpf> {
             nat_port_min: NAT_PORTS.0,
             nat_port_max: NAT_PORTS.1,
             flags: CONFIG_ACTIVE,
-            _pad: 0,
+            ticks_per_s: lb_common::clock::ticks_per_s(std::time::Duration::from_millis(200))?,
         },
         0,
     )?;

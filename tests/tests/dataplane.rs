@@ -101,7 +101,8 @@ const ACTIVE: DataplaneConfig = DataplaneConfig {
     nat_port_min: NAT_PORT_MIN,
     nat_port_max: NAT_PORT_MAX,
     flags: CONFIG_ACTIVE,
-    _pad: 0,
+    // Any rate works here: nothing in these tests waits for a second.
+    ticks_per_s: 250,
 };
 
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
@@ -879,7 +880,7 @@ struct Connection {
 }
 
 impl Connection {
-    /// Its two FLOWS entries, `last_seen_ns` and the next hop left 0 (see
+    /// Its two FLOWS entries, `last_seen` and the next hop left 0 (see
     /// `normalized`), with the TCP flags each direction has seen.
     fn flows(&self, forward_seen: u8, reply_seen: u8) -> Vec<(FlowKey, Flow)> {
         let flow = |new_src: SocketAddrV4, new_dst: SocketAddrV4, seen, dir| Flow {
@@ -920,17 +921,17 @@ fn show_flow((k, f): &(FlowKey, Flow)) -> String {
         f.tcp_seen,
         f.dir,
         f.flags,
-        f.last_seen_ns,
+        f.last_seen,
         f.hop,
-        f.hop_ns
+        f.hop_at
     )
 }
 
-/// `flow` without what depends on the clock: `last_seen_ns`, and the next
+/// `flow` without what depends on the clock: `last_seen`, and the next
 /// hop, which must be lb0 → the MAC of the flow's new destination once
 /// resolved (and is checked here).
 fn normalized(ifindex: u32, &(k, f): &(FlowKey, Flow)) -> Result<(FlowKey, Flow), String> {
-    if f.hop_ns != 0 {
+    if f.hop_at != 0 {
         let want = NextHop {
             ifindex,
             smac: LB_MAC,
@@ -952,19 +953,24 @@ fn normalized(ifindex: u32, &(k, f): &(FlowKey, Flow)) -> Result<(FlowKey, Flow)
     Ok((
         k,
         Flow {
-            last_seen_ns: 0,
-            hop_ns: 0,
+            last_seen: 0,
+            hop_at: 0,
             hop: NextHop::default(),
             ..f
         },
     ))
 }
 
-/// FLOWS holds exactly `expected` (whose `last_seen_ns` is ignored, but
+/// FLOWS holds exactly `expected` (whose `last_seen` is ignored, but
 /// must be set in the map, and whose next hops must be right where set).
 fn assert_flows(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
     let got = dp.flows();
-    let stamped = got.iter().all(|(_, f)| f.last_seen_ns != 0);
+    // Stamped with the data plane's clock, jiffies (lb_common::clock): at
+    // most a minute old at the fastest HZ, and not from the future.
+    let now = lb_common::clock::jiffies().expect("reading jiffies");
+    let stamped = got
+        .iter()
+        .all(|(_, f)| f.last_seen <= now && now - f.last_seen < 60 * 1000);
     let sorted = |v: &[(FlowKey, Flow)]| {
         let mut v: Vec<(FlowKey, Flow)> = v
             .iter()
