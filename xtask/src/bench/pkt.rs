@@ -937,12 +937,17 @@ fn fill_flows(b: &mut Bench, conns: u32) -> Result<()> {
 
 /// The established path with FLOWS holding `entries` entries: one hot flow,
 /// and all flows in turn; and a note on the fill.
-fn scale_one(
-    entries: u32,
-    label: &str,
-    repeat: u32,
-    runs: usize,
-) -> Result<(Measurement, Measurement, Measurement, String)> {
+/// One fill's measurements; `added`: xdplb in turn minus the bare lookup
+/// in turn, per run (paired: the two ran back to back).
+struct ScaleRuns {
+    hot: Measurement,
+    in_turn: Measurement,
+    floor: Measurement,
+    added: Vec<f64>,
+    note: String,
+}
+
+fn scale_one(entries: u32, label: &str, repeat: u32, runs: usize) -> Result<ScaleRuns> {
     // Headroom over the fill: the hot path must never meet a full table.
     let max = entries + 4096;
     let mut b = Bench::start(max, SCALE_BACKENDS)?;
@@ -998,24 +1003,26 @@ fn scale_one(
         s.push(b.timed("bench_lb_spray", &template, repeat, est)? - noop);
         f.push(b.timed_floor("bench_lookup_spray", &template, repeat)? - noop);
     }
-    Ok((
-        Measurement::from_samples(
+    let added = s.iter().zip(&f).map(|(a, b)| a - b).collect();
+    Ok(ScaleRuns {
+        hot: Measurement::from_samples(
             format!("xdplb established, one flow, table {label}"),
             "ns/packet",
             h,
         ),
-        Measurement::from_samples(
+        in_turn: Measurement::from_samples(
             format!("xdplb established, all {label} flows in turn"),
             "ns/packet",
             s,
         ),
-        Measurement::from_samples(
+        floor: Measurement::from_samples(
             format!("floor: the FLOWS lookup alone, all {label} flows in turn"),
             "ns/packet",
             f,
         ),
+        added,
         note,
-    ))
+    })
 }
 
 pub fn scale(opts: Options) -> Result<Section> {
@@ -1032,23 +1039,14 @@ pub fn scale(opts: Options) -> Result<Section> {
     let mut ours = Vec::new();
     for &(entries, label) in fills {
         // Each fill in a namespace (and with maps) of its own.
-        let (h, s, f, note) = testrun::in_own_netns("bench-scale", move || {
+        let r = testrun::in_own_netns("bench-scale", move || {
             scale_one(entries, label, repeat, runs)
         })?;
-        hot.push((label, h.median));
-        spread.push((label, s.median));
-        // What xdplb adds to the bare lookup, paired by run.
-        let added: Vec<f64> = s
-            .samples
-            .iter()
-            .zip(&f.samples)
-            .map(|(a, b)| a - b)
-            .collect();
-        ours.push((label, Measurement::from_samples("", "", added).median));
-        rows.push(h);
-        rows.push(s);
-        rows.push(f);
-        notes.push(note);
+        hot.push((label, r.hot.median));
+        spread.push((label, r.in_turn.median));
+        ours.push((label, Measurement::from_samples("", "", r.added).median));
+        rows.extend([r.hot, r.in_turn, r.floor]);
+        notes.push(r.note);
     }
     let ratio = |what: &str, v: &[(&str, f64)]| {
         let (first, last) = (v[0], v[v.len() - 1]);
