@@ -11,12 +11,13 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use lb_common::{
     flow::{DIR_FORWARD, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_FIN, SEEN_RST},
     service::PROTO_TCP,
 };
 
+use crate::batch;
 pub use crate::config::Timeouts;
 
 impl Timeouts {
@@ -142,7 +143,8 @@ pub fn sweep(
     // Read before the snapshot: a flow stamped meanwhile looks younger,
     // never older, than it is.
     let now = Now::read(ticks_per_s)?;
-    let snapshot: Vec<(FlowKey, Flow)> = map.iter().filter_map(|r| r.ok()).collect();
+    let snapshot: Vec<(FlowKey, Flow)> =
+        batch::lookup_all(fd(map)).context("reading the flow table")?;
     let pressure = snapshot.len() as f64 >= PRESSURE_FILL * f64::from(capacity);
     let timeouts = if pressure {
         timeouts.under_pressure()
@@ -150,13 +152,8 @@ pub fn sweep(
         timeouts.clone()
     };
     let (dead, connections) = expired(&snapshot, now, &timeouts);
-    let mut removed = 0;
-    for key in &dead {
-        // A flow the data plane gave back meanwhile is simply gone already.
-        if map.remove(key).is_ok() {
-            removed += 1;
-        }
-    }
+    // A flow the data plane gave back meanwhile is simply gone already.
+    let removed = batch::delete(fd(map), &dead).context("removing expired flows")?;
     Ok(Sweep {
         connections,
         expired: removed,
@@ -169,13 +166,19 @@ pub fn sweep(
 /// packets start new flows on healthy backends, which answer with a reset,
 /// so the clients reconnect at once instead of waiting on a dead peer.
 pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32) -> Result<usize> {
-    let keys: Vec<FlowKey> = map
-        .iter()
-        .filter_map(|r| r.ok())
+    let flows: Vec<(FlowKey, Flow)> =
+        batch::lookup_all(fd(map)).context("reading the flow table")?;
+    let keys: Vec<FlowKey> = flows
+        .into_iter()
         .filter(|(_, f)| f.backend == backend)
         .map(|(k, _)| k)
         .collect();
-    Ok(keys.iter().filter(|k| map.remove(k).is_ok()).count())
+    Ok(batch::delete(fd(map), &keys).context("removing a backend's flows")?)
+}
+
+fn fd(map: &BpfHashMap<MapData, FlowKey, Flow>) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd as _;
+    map.map().fd().as_fd()
 }
 
 #[cfg(test)]
@@ -183,6 +186,7 @@ mod tests {
     use lb_common::flow::{DIR_REPLY, SEEN_SYN};
 
     use super::*;
+    use aya::maps::MapData;
 
     /// Ticks per second in these tests.
     const S: u64 = 1000;
@@ -227,6 +231,76 @@ mod tests {
             ..Flow::default()
         };
         [(fwd_key, fwd), (rev_key, rev)]
+    }
+
+    /// The whole sweep on a real kernel map (bpftool makes one shaped like
+    /// FLOWS, pinned in a directory of our own) and the real clock:
+    /// closing connections idle for a minute go, an established one idle
+    /// as long stays; with the table nearly full, a half-open one idle
+    /// for 2 s goes too.
+    #[test]
+    fn sweep_ages_a_kernel_flow_table_by_jiffies() {
+        // SAFETY: no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "needs root (BPF map, /proc/timer_list)"
+        );
+        let per_s = lb_common::clock::ticks_per_s(Duration::from_millis(200)).unwrap();
+        let dir = format!("/sys/fs/bpf/xdplb-sweep-test-{}", std::process::id());
+        std::fs::create_dir_all(&dir).unwrap();
+        struct Rm(String);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _rm = Rm(dir.clone());
+        let pin = format!("{dir}/FLOWS");
+        let (k, v) = (
+            size_of::<FlowKey>().to_string(),
+            size_of::<Flow>().to_string(),
+        );
+        let made = std::process::Command::new("bpftool")
+            .args([
+                "map", "create", &pin, "type", "hash", "key", &k, "value", &v,
+            ])
+            .args(["entries", "64", "name", "FLOWS"])
+            .status()
+            .unwrap();
+        assert!(made.success(), "bpftool map create failed");
+        let mut map: BpfHashMap<MapData, FlowKey, Flow> =
+            BpfHashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&pin).unwrap()))
+                .unwrap();
+        let now = lb_common::clock::jiffies().unwrap();
+        let ago = |s: u64| now - s * u64::from(per_s);
+        let est = SEEN_SYN | SEEN_ACK;
+        let mut live = Vec::new();
+        for (k, f) in pair(1, ago(60), ago(60), est | SEEN_FIN, est) {
+            map.insert(k, f, 0).unwrap();
+        }
+        for (k, f) in pair(2, ago(60), ago(60), est, est) {
+            map.insert(k, f, 0).unwrap();
+            live.push(k);
+        }
+        for (k, f) in pair(3, ago(2), 0, SEEN_SYN, 0) {
+            map.insert(k, f, 0).unwrap();
+            live.push(k);
+        }
+        let t = Timeouts::default();
+        let s = sweep(&mut map, &t, 64, per_s).unwrap();
+        assert_eq!(
+            (s.connections, s.expired, s.entries, s.pressure),
+            (3, 2, 6, false)
+        );
+        let mut left: Vec<FlowKey> = map.keys().map(Result::unwrap).collect();
+        left.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
+        live.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
+        assert_eq!(left, live);
+        // Four entries in a table of four: pressure.
+        let s = sweep(&mut map, &t, 4, per_s).unwrap();
+        assert_eq!((s.expired, s.pressure), (2, true));
+        assert_eq!(map.keys().count(), 2, "the established connection stays");
     }
 
     #[test]

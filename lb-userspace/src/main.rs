@@ -4,6 +4,7 @@
 //! SIGINT/SIGTERM detaches cleanly (or leaves the data plane running with
 //! `--keep-dataplane`).
 
+mod batch;
 mod cli;
 mod config;
 mod flows;

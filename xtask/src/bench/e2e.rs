@@ -532,7 +532,9 @@ fn sections(m: Measured) -> [Section; 3] {
         "Peers: xdplb (VIP → backends, `--check tcp`, default NAT ports and flow table; native XDP, what `auto` picks on a veth) \
          and xdplb-generic (the same with `--xdp-mode generic`); haproxy 2.6 `mode tcp`, `balance roundrobin`, \
          `nbthread 1`, `maxconn 9000`, `check inter 2s`; nginx 1.22 `stream` (1 worker, no access log); nftables \
-         `dnat to numgen inc mod 3 map` + `masquerade to :10000-19999` (a port range no other LB here uses, so backends' TIME_WAIT from earlier runs does not drop its SYNs; conntrack TIME_WAIT set to 10 s in lb1, like xdplb's closing timeout); \
+         `dnat to numgen inc mod 3 map` + `masquerade to :10000-19999` (a port range no other LB here uses; conntrack TIME_WAIT set to 10 s in lb1, like xdplb's closing timeout); \
+         the backends keep no TIME_WAIT sockets (`tcp_max_tw_buckets=0`), so no LB's reuse of a source port meets one and waits out a SYN retransmit \
+         (nft's masquerade did, at thousands of connections a second); \
          direct = the client to api1 with no LB (the ceiling). The proxies and nft listen on lb1's address, xdplb on the VIP."
             .into(),
         format!(

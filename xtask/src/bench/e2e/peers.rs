@@ -70,7 +70,19 @@ pub struct Running {
 }
 
 /// Starts nginx in every backend, pinned to the load CPU.
+///
+/// The backends keep no TIME_WAIT sockets: with `Connection: close` they
+/// close first, and a load balancer that hands a backend a source port it
+/// used a moment ago (nft's masquerade does, at thousands of connections
+/// a second over its port range) would otherwise meet its own TIME_WAIT
+/// and wait out a SYN retransmit. That measures the port choice, not the
+/// load balancer; without TIME_WAIT none pays it.
 pub fn start_backends(lab: &Lab) -> Result<Vec<Proc>> {
+    for (name, _) in backend_ips(lab) {
+        lab.host(&name)
+            .ns
+            .exec("sysctl", &["-qw", "net.ipv4.tcp_max_tw_buckets=0"])?;
+    }
     backend_ips(lab)
         .into_iter()
         .map(|(name, _)| {
