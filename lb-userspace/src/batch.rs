@@ -118,45 +118,67 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     Ok(deleted)
 }
 
+/// A kernel map for tests: made by bpftool, pinned in a bpffs directory
+/// of its own, which goes when this is dropped. Needs root.
 #[cfg(test)]
-mod tests {
-    use std::{os::fd::AsFd, process::Command};
+pub struct TestMap {
+    dir: String,
+    pub data: Option<aya::maps::MapData>,
+}
 
-    use aya::maps::{HashMap, IterableMap as _, MapData};
-
-    use super::*;
-
-    /// A real kernel hash map (bpftool creates and pins it in a directory
-    /// of our own), 10 000 entries: all read back in batches; then half
-    /// deleted in batches, with keys already gone among them.
-    #[test]
-    fn reads_and_deletes_a_kernel_hash_map_in_batches() {
+#[cfg(test)]
+impl TestMap {
+    pub fn hash(name: &str, key: usize, value: usize, entries: u32) -> TestMap {
         // SAFETY: no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
             0,
             "needs root (creates a BPF map)"
         );
-        let dir = format!("/sys/fs/bpf/xdplb-batch-test-{}", std::process::id());
+        let dir = format!("/sys/fs/bpf/xdplb-{name}-test-{}", std::process::id());
         std::fs::create_dir_all(&dir).unwrap();
-        struct Rm(String);
-        impl Drop for Rm {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let _rm = Rm(dir.clone());
-        let pin = format!("{dir}/m");
-        let made = Command::new("bpftool")
-            .args([
-                "map", "create", &pin, "type", "hash", "key", "8", "value", "8",
-            ])
-            .args(["entries", "16384", "name", "batch_test"])
+        let mut map = TestMap { dir, data: None };
+        let pin = format!("{}/{name}", map.dir);
+        let made = std::process::Command::new("bpftool")
+            .args(["map", "create", &pin, "type", "hash"])
+            .args(["key", &key.to_string(), "value", &value.to_string()])
+            .args(["entries", &entries.to_string(), "name", name])
             .status()
             .unwrap();
-        assert!(made.success(), "bpftool map create failed");
-        let mut map: HashMap<MapData, u64, u64> =
-            HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&pin).unwrap())).unwrap();
+        assert!(made.success(), "bpftool map create {pin} failed");
+        map.data = Some(aya::maps::MapData::from_pin(&pin).unwrap());
+        map
+    }
+
+    pub fn take<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+    ) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
+        let data = self.data.take().expect("taken once");
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestMap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use aya::maps::IterableMap as _;
+
+    use super::*;
+
+    /// A real kernel hash map, 10 000 entries: all read back in batches;
+    /// then half deleted in batches, with keys already gone among them.
+    #[test]
+    fn reads_and_deletes_a_kernel_hash_map_in_batches() {
+        let mut m = TestMap::hash("batch", 8, 8, 16384);
+        let mut map = m.take::<u64, u64>();
         for k in 0..10_000u64 {
             map.insert(k, k * 3, 0).unwrap();
         }

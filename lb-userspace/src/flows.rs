@@ -186,7 +186,6 @@ mod tests {
     use lb_common::flow::{DIR_REPLY, SEEN_SYN};
 
     use super::*;
-    use aya::maps::MapData;
 
     /// Ticks per second in these tests.
     const S: u64 = 1000;
@@ -240,38 +239,9 @@ mod tests {
     /// for 2 s goes too.
     #[test]
     fn sweep_ages_a_kernel_flow_table_by_jiffies() {
-        // SAFETY: no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "needs root (BPF map, /proc/timer_list)"
-        );
         let per_s = lb_common::clock::ticks_per_s(Duration::from_millis(200)).unwrap();
-        let dir = format!("/sys/fs/bpf/xdplb-sweep-test-{}", std::process::id());
-        std::fs::create_dir_all(&dir).unwrap();
-        struct Rm(String);
-        impl Drop for Rm {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let _rm = Rm(dir.clone());
-        let pin = format!("{dir}/FLOWS");
-        let (k, v) = (
-            size_of::<FlowKey>().to_string(),
-            size_of::<Flow>().to_string(),
-        );
-        let made = std::process::Command::new("bpftool")
-            .args([
-                "map", "create", &pin, "type", "hash", "key", &k, "value", &v,
-            ])
-            .args(["entries", "64", "name", "FLOWS"])
-            .status()
-            .unwrap();
-        assert!(made.success(), "bpftool map create failed");
-        let mut map: BpfHashMap<MapData, FlowKey, Flow> =
-            BpfHashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&pin).unwrap()))
-                .unwrap();
+        let mut m = batch::TestMap::hash("FLOWS", size_of::<FlowKey>(), size_of::<Flow>(), 64);
+        let mut map: BpfHashMap<MapData, FlowKey, Flow> = m.take();
         let now = lb_common::clock::jiffies().unwrap();
         let ago = |s: u64| now - s * u64::from(per_s);
         let est = SEEN_SYN | SEEN_ACK;

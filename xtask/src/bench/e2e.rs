@@ -375,25 +375,17 @@ fn sections(m: Measured) -> [Section; 3] {
     // driver); generic is shown beside it because on a veth it takes the
     // same softirq path as the peers (see the notes).
     for xdp in [Lb::Xdplb, Lb::XdplbGeneric] {
-        for load in [Load::KeepAlive, Load::Close] {
-            let v = cost_of(xdp, load) / cost_of(Lb::Haproxy, load);
-            ratio(
-                &mut cost,
-                format!("{} ÷ haproxy LB CPU/request, {}", xdp.name(), load.name()),
-                v,
-                "≤ 0.1",
-                v <= 0.1,
-            );
-        }
-        for load in [Load::KeepAlive, Load::Close] {
-            let v = cost_of(xdp, load) / cost_of(Lb::Nft, load);
-            ratio(
-                &mut cost,
-                format!("{} ÷ nftables LB CPU/request, {}", xdp.name(), load.name()),
-                v,
-                "≤ 1",
-                v <= 1.0,
-            );
+        for (peer, name, max) in [(Lb::Haproxy, "haproxy", 0.1), (Lb::Nft, "nftables", 1.0)] {
+            for load in [Load::KeepAlive, Load::Close] {
+                let v = cost_of(xdp, load) / cost_of(peer, load);
+                ratio(
+                    &mut cost,
+                    format!("{} ÷ {name} LB CPU/request, {}", xdp.name(), load.name()),
+                    v,
+                    &format!("≤ {max}"),
+                    v <= max,
+                );
+            }
         }
         let v = rate_of(xdp, Load::Close) / rate_of(Lb::Nft, Load::Close);
         ratio(
