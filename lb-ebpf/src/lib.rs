@@ -101,9 +101,9 @@ pub fn process(ctx: &XdpContext) -> Verdict {
 }
 
 /// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,
-/// or backend → SNAT rewritten back to VIP → client.
+/// or backend → SNAT rewritten back to VIP → client. `second`: the
+/// clock's ticks per second (DataplaneConfig::ticks_per_s).
 #[inline(always)]
-/// `second`: the clock's ticks per second (DataplaneConfig::ticks_per_s).
 fn established(
     ctx: &XdpContext,
     mut pkt: Ipv4Packet,
