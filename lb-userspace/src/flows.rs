@@ -49,7 +49,7 @@ impl Timeouts {
             tcp_syn: self.tcp_syn.min(second),
             tcp_closing: self.tcp_closing.min(second),
             udp: self.udp.min(10 * second),
-            ..self.clone()
+            ..*self
         }
     }
 }
@@ -149,7 +149,7 @@ pub fn sweep(
     let timeouts = if pressure {
         timeouts.under_pressure()
     } else {
-        timeouts.clone()
+        *timeouts
     };
     let (dead, connections) = expired(&snapshot, now, &timeouts);
     // A flow the data plane gave back meanwhile is simply gone already.
@@ -173,7 +173,7 @@ pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32)
         .filter(|(_, f)| f.backend == backend)
         .map(|(k, _)| k)
         .collect();
-    Ok(batch::delete(fd(map), &keys).context("removing a backend's flows")?)
+    batch::delete(fd(map), &keys).context("removing a backend's flows")
 }
 
 fn fd(map: &BpfHashMap<MapData, FlowKey, Flow>) -> std::os::fd::BorrowedFd<'_> {
