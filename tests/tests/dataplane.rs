@@ -1007,28 +1007,18 @@ fn assert_flows(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
 fn tcp_connection_is_nated_both_ways() {
     in_own_netns("tcp_connection_is_nated_both_ways", || {
         let dp = Dataplane::start();
-        let client = addr(CLIENT, 40000);
-        let vip = addr(VIP, API_PORT);
-        let (backend_id, backend) = dp.maglev_choice(client, vip, PROTO_TCP);
-        let backend_mac = mac_of_backend(*backend.ip());
-
-        let out = dp.check(&Case::new(
+        let (conn, backend_mac) = open(
+            &dp,
+            40000,
             "1 SYN client → VIP: new flow, NATed to the Maglev backend",
-            syn(client_to_vip(40000)).build(),
-            Action::Tx,
-            Reason::TxForward,
-            new_flow_to(backend, |w| syn(w).build()),
-        ));
-        let snat = addr(SNAT, ports_of(&out).0);
-        let conn = Connection {
+        );
+        let Connection {
             client,
             vip,
             snat,
             backend,
-            backend_id,
-            service: 0,
-            proto: PROTO_TCP,
-        };
+            ..
+        } = conn;
         assert_flows(&dp, "the SYN", &conn.flows(SEEN_SYN, 0));
 
         dp.check(&Case::new(
@@ -1055,37 +1045,42 @@ fn tcp_connection_is_nated_both_ways() {
     });
 }
 
-/// A TCP connection from CLIENT:`port` to the VIP, opened by its SYN
-/// (checked like row 1) and the backend's SYN-ACK.
-fn establish(dp: &Dataplane, port: u16) -> (Connection, Mac) {
+/// A client's SYN from CLIENT:`port` to the VIP: a new flow to the Maglev
+/// backend from a NAT port in range, checked byte for byte (row 1).
+fn open(dp: &Dataplane, port: u16, what: &'static str) -> (Connection, Mac) {
     let client = addr(CLIENT, port);
     let vip = addr(VIP, API_PORT);
     let (backend_id, backend) = dp.maglev_choice(client, vip, PROTO_TCP);
-    let backend_mac = mac_of_backend(*backend.ip());
     let out = dp.check(&Case::new(
-        "SYN opening a connection",
+        what,
         syn(client_to_vip(port)).build(),
         Action::Tx,
         Reason::TxForward,
         new_flow_to(backend, |w| syn(w).build()),
     ));
-    let snat = addr(SNAT, ports_of(&out).0);
-    dp.check(&Case::new(
-        "its SYN-ACK",
-        syn_ack(wire(backend_mac, backend, LB_MAC, snat)).build(),
-        Action::Tx,
-        Reason::TxReply,
-        Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_MAC, client)).build()),
-    ));
     let conn = Connection {
         client,
         vip,
-        snat,
+        snat: addr(SNAT, ports_of(&out).0),
         backend,
         backend_id,
         service: 0,
         proto: PROTO_TCP,
     };
+    (conn, mac_of_backend(*backend.ip()))
+}
+
+/// A TCP connection from CLIENT:`port` to the VIP, opened by its SYN
+/// (row 1) and the backend's SYN-ACK (row 3).
+fn establish(dp: &Dataplane, port: u16) -> (Connection, Mac) {
+    let (conn, backend_mac) = open(dp, port, "SYN opening a connection");
+    dp.check(&Case::new(
+        "its SYN-ACK",
+        syn_ack(wire(backend_mac, conn.backend, LB_MAC, conn.snat)).build(),
+        Action::Tx,
+        Reason::TxReply,
+        Out::Frame(syn_ack(wire(LB_MAC, conn.vip, CLIENT_MAC, conn.client)).build()),
+    ));
     (conn, backend_mac)
 }
 
