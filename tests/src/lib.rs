@@ -27,7 +27,7 @@ mod topology;
 pub use agent::Agent;
 pub use apiserver::Apiserver;
 pub use netns::Netns;
-pub use topology::{Host, Lab, LabOptions};
+pub use topology::{Host, Lab, LabOptions, PIN_ROOT};
 
 /// End-to-end tests need root, BPF and namespaces. They fail loudly without
 /// them rather than skip: a skipped lab test would hide a broken product.

@@ -88,7 +88,7 @@ pub fn run(opts: Options, only: &[String]) -> Result<()> {
             machine.loadavg_1m
         );
     }
-    let mut sections = Vec::new();
+    let mut sections: Vec<Section> = Vec::new();
     // Each part is independent: one failing is reported, the rest still run.
     type Part = fn(Options) -> Result<Section>;
     let parts: &[(&str, &str, Part)] = &[
@@ -134,8 +134,118 @@ pub fn run(opts: Options, only: &[String]) -> Result<()> {
             }),
         }
     }
+    let leftovers = leftovers();
+    if !leftovers.is_empty() {
+        sections.push(Section {
+            title: "cleanup".into(),
+            notes: vec![format!("FAILED: left behind: {}", leftovers.join("; "))],
+            ..Default::default()
+        });
+    }
     let report = report::Report::new(machine, opts, partial, sections, started.elapsed());
     report.write(&crate::workspace_root().join("bench/results"))?;
     report.print_summary();
+    if !leftovers.is_empty() {
+        anyhow::bail!("the bench left behind: {}", leftovers.join("; "));
+    }
     Ok(())
+}
+
+/// What this run made and should have removed, if any is still there:
+/// network namespaces and pin directories named for this process (the lab
+/// and bench parts put its PID in every name), and child processes.
+fn leftovers() -> Vec<String> {
+    let pid = std::process::id();
+    // Lab namespaces and pins: xl<pid>-…; the per-packet and mpps parts'
+    // pins: xdplb-bench-<pid>-… and xdplb-bench-mpps-<pid>-….
+    let ours = |name: &str| {
+        [
+            format!("xl{pid}-"),
+            format!("xdplb-bench-{pid}-"),
+            format!("xdplb-bench-mpps-{pid}-"),
+        ]
+        .iter()
+        .any(|p| name.starts_with(p.as_str()))
+    };
+    let mut left = Vec::new();
+    if let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if ours(name) {
+                left.push(format!("network namespace {name}"));
+            }
+        }
+    }
+    for dir in ["/sys/fs/bpf", lab::PIN_ROOT] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ours(&name) {
+                left.push(format!("pins {}", e.path().display()));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // Fields after the parenthesised comm: state, then the parent's PID.
+        let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid == Some(pid) && state != Some("Z") {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            left.push(format!("process {child} ({})", comm.trim()));
+        }
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A namespace named for this process and a live child are reported;
+    /// once both are gone, nothing is.
+    #[test]
+    fn leftovers_finds_what_a_run_left_behind() {
+        // SAFETY: no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (ip netns add)");
+        let ns = format!("xl{}-9999-leftover-test", std::process::id());
+        let ip = |verb: &str| {
+            std::process::Command::new("ip")
+                .args(["netns", verb, &ns])
+                .status()
+                .unwrap()
+        };
+        assert!(ip("add").success());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = leftovers();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(ip("delete").success());
+        assert!(
+            found.iter().any(|l| l.contains(&ns)),
+            "the namespace is not reported: {found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains(&format!("process {}", child.id()))),
+            "the child is not reported: {found:?}"
+        );
+        let after = leftovers();
+        assert!(
+            !after
+                .iter()
+                .any(|l| l.contains(&ns) || l.contains(&child.id().to_string())),
+            "still reported after removal: {after:?}"
+        );
+    }
 }
