@@ -220,6 +220,8 @@ trait LogWaits {
         explain: &str,
         meanwhile: impl FnMut(&Bed),
     ) -> (String, Duration);
+    fn wait_down(&mut self, needle: &str, since: Instant, t: Timing) -> (String, Duration);
+    fn wait_up(&mut self, needle: &str, since: Instant, t: Timing) -> (String, Duration);
     fn settle(&self);
 }
 
@@ -279,6 +281,16 @@ impl LogWaits for Bed {
     /// The agent writes the DOWN/UP line just before it rewrites the Maglev
     /// table (same loop turn); give the map write a moment so that the
     /// first SYN of the next test step cannot race it.
+    /// The first line with `needle` (a DOWN), within `t`'s bound for DOWN.
+    fn wait_down(&mut self, needle: &str, since: Instant, t: Timing) -> (String, Duration) {
+        self.wait_for_log(needle, 0, since, t.down_bound(), &t.explain_down(), |_| {})
+    }
+
+    /// The first line with `needle` (an UP), within `t`'s bound for UP.
+    fn wait_up(&mut self, needle: &str, since: Instant, t: Timing) -> (String, Duration) {
+        self.wait_for_log(needle, 0, since, t.up_bound(), &t.explain_up(), |_| {})
+    }
+
     fn settle(&self) {
         thread::sleep(Duration::from_millis(100));
     }
@@ -365,7 +377,7 @@ fn unready_backend_leaves_and_returns() {
         .set_ready(false)
         .expect("SIGUSR1 to api2");
     let broke = Instant::now();
-    let (line, took) = bed.wait_for_log(&down, 0, broke, t.down_bound(), &t.explain_down(), |_| {});
+    let (line, took) = bed.wait_down(&down, broke, t);
     assert_not_before("api2's DOWN", took, t.down_floor(), t, &bed.agent);
     let want = format!("{api2} DOWN: /readyz returned 500 ({f}/{f})", f = t.fall);
     assert!(
@@ -390,7 +402,7 @@ fn unready_backend_leaves_and_returns() {
         .set_ready(true)
         .expect("SIGUSR2 to api2");
     let healed = Instant::now();
-    let (_, took) = bed.wait_for_log(&up, 0, healed, t.up_bound(), &t.explain_up(), |_| {});
+    let (_, took) = bed.wait_up(&up, healed, t);
     assert_not_before("api2's UP", took, t.up_floor(), t, &bed.agent);
     bed.settle();
 
@@ -460,14 +472,7 @@ fn hanging_backend_is_marked_down_by_https_check() {
         .expect("replacing api3 with a hanging apiserver");
     let wedged = Instant::now();
 
-    let (line, _) = bed.wait_for_log(
-        &format!("{api3} DOWN: "),
-        0,
-        wedged,
-        t.down_bound(),
-        &t.explain_down(),
-        |_| {},
-    );
+    let (line, _) = bed.wait_down(&format!("{api3} DOWN: "), wedged, t);
     let lower = line.to_lowercase();
     assert!(
         lower.contains("timed out") || lower.contains("timeout"),
@@ -493,14 +498,7 @@ fn tcp_check_closed_port_down_open_port_up() {
     let (api1, closed) = (bed.name("api1"), bed.name("api3"));
     let started = Instant::now();
 
-    let (line, took) = bed.wait_for_log(
-        &format!("{closed} DOWN: "),
-        0,
-        started,
-        t.down_bound(),
-        &t.explain_down(),
-        |_| {},
-    );
+    let (line, took) = bed.wait_down(&format!("{closed} DOWN: "), started, t);
     let lower = line.to_lowercase();
     assert!(
         lower.contains("refused") || lower.contains("connect"),
@@ -579,14 +577,7 @@ fn status_file_shows_every_backend() {
         .set_ready(false)
         .expect("SIGUSR1 to api2");
     let broke = Instant::now();
-    bed.wait_for_log(
-        &format!("{} DOWN: ", names[1]),
-        0,
-        broke,
-        t.down_bound(),
-        &t.explain_down(),
-        |_| {},
-    );
+    bed.wait_down(&format!("{} DOWN: ", names[1]), broke, t);
     let down_at = Instant::now();
     // Written on the change itself; a report tick at the latest.
     let bound = REPORT_INTERVAL + MARGIN;
@@ -650,14 +641,7 @@ fn all_backends_down_fails_open() {
             .unwrap_or_else(|e| panic!("SIGUSR1 to {b}: {e:#}"));
     }
     let broke = Instant::now();
-    bed.wait_for_log(
-        ALL_DOWN,
-        0,
-        broke,
-        t.down_bound(),
-        &t.explain_down(),
-        |_| {},
-    );
+    bed.wait_down(ALL_DOWN, broke, t);
     for b in BACKENDS {
         let name = bed.name(b);
         assert!(
@@ -703,14 +687,7 @@ fn on_down_reset_drops_flows_of_a_dead_backend() {
         .set_ready(false)
         .expect("SIGUSR1 to api2");
     let broke = Instant::now();
-    bed.wait_for_log(
-        &format!("{api2} DOWN: "),
-        0,
-        broke,
-        t.down_bound(),
-        &t.explain_down(),
-        |_| {},
-    );
+    bed.wait_down(&format!("{api2} DOWN: "), broke, t);
     let down_seen = Instant::now();
 
     // Its flows are gone, so its next segment is reset (or dropped, and a
@@ -763,7 +740,7 @@ fn without_check_flags_a_6443_service_checks_https_readyz_every_2s() {
         .expect("SIGUSR1 to api2");
     let broke = Instant::now();
     let down = format!("{api2} DOWN: ");
-    let (line, took) = bed.wait_for_log(&down, 0, broke, t.down_bound(), &t.explain_down(), |_| {});
+    let (line, took) = bed.wait_down(&down, broke, t);
     assert_not_before(
         "api2's DOWN with the default timings",
         took,
@@ -791,14 +768,7 @@ fn without_check_flags_a_6443_service_checks_https_readyz_every_2s() {
         .set_ready(true)
         .expect("SIGUSR2 to api2");
     let healed = Instant::now();
-    let (_, took) = bed.wait_for_log(
-        &format!("{api2} UP: "),
-        0,
-        healed,
-        t.up_bound(),
-        &t.explain_up(),
-        |_| {},
-    );
+    let (_, took) = bed.wait_up(&format!("{api2} UP: "), healed, t);
     assert_not_before(
         "api2's UP with the default timings",
         took,

@@ -555,14 +555,46 @@ struct Variant {
     row: &'static str,
     prog: &'static str,
     frame: Vec<u8>,
-    expect: Expect,
+    check: Check,
     /// Index of the wrapper variant measured in the same round to subtract.
     minus: Option<usize>,
     /// Creates a flow per repeat: at most NEW_FLOW_REPEAT repeats, and
     /// FLOWS is emptied (but for the hot connection) after each run.
     new_flows: bool,
-    /// A hash-table floor, checked by `Bench::timed_floor`.
-    floor: bool,
+}
+
+/// How a timed run is checked.
+enum Check {
+    /// The reason and new-flow counters (`Bench::timed`).
+    Counters(Expect),
+    /// A hash-table floor's own hit counter (`Bench::timed_floor`).
+    HashFloor,
+}
+
+impl Variant {
+    fn new(
+        row: &'static str,
+        prog: &'static str,
+        frame: &[u8],
+        expect: Expect,
+        minus: Option<usize>,
+    ) -> Variant {
+        Variant {
+            row,
+            prog,
+            frame: frame.to_vec(),
+            check: Check::Counters(expect),
+            minus,
+            new_flows: false,
+        }
+    }
+
+    fn creating_flows(self) -> Variant {
+        Variant {
+            new_flows: true,
+            ..self
+        }
+    }
 }
 
 pub fn run(opts: Options) -> Result<Section> {
@@ -651,99 +683,78 @@ fn per_packet(opts: Options) -> Result<Section> {
         reason: Some(reason),
         new_flows_per_repeat: Some(0),
     };
+    let wrapper = Expect {
+        ret: XDP_PASS,
+        reason: None,
+        new_flows_per_repeat: Some(0),
+    };
+    let pass = Expect {
+        reason: Some(Reason::PassNotService),
+        ..wrapper
+    };
+    let v = Variant::new;
     let variants = vec![
+        v(
+            "xdp_pass (floor)",
+            "xdp_pass",
+            &forward,
+            floor(XDP_PASS),
+            None,
+        ),
+        v(
+            "MAC swap + XDP_TX (TX floor)",
+            "xdp_tx_floor",
+            &forward,
+            floor(XDP_TX),
+            None,
+        ),
+        v(
+            "wrapper: save + restore 64 B (subtracted)",
+            "bench_noop",
+            &forward,
+            wrapper,
+            None,
+        ),
+        v(
+            "wrapper + new tuple (subtracted from new flow)",
+            "bench_noop_spray",
+            &spray_syn,
+            wrapper,
+            None,
+        ),
+        v("xdplb non-VIP pass", "bench_lb", &other, pass, Some(2)),
+        v(
+            "xdplb established forward",
+            "bench_lb",
+            &forward,
+            established(Reason::TxForward),
+            Some(2),
+        ),
+        v(
+            "xdplb established reply (reverse NAT)",
+            "bench_lb",
+            &reply,
+            established(Reason::TxReply),
+            Some(2),
+        ),
+        v(
+            "xdplb new TCP flow (SYN: Maglev + 2 inserts)",
+            "bench_lb_spray",
+            &spray_syn,
+            new_flow,
+            Some(3),
+        )
+        .creating_flows(),
         Variant {
-            row: "xdp_pass (floor)",
-            prog: "xdp_pass",
-            frame: forward.clone(),
-            expect: floor(XDP_PASS),
-            minus: None,
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "MAC swap + XDP_TX (TX floor)",
-            prog: "xdp_tx_floor",
-            frame: forward.clone(),
-            expect: floor(XDP_TX),
-            minus: None,
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "wrapper: save + restore 64 B (subtracted)",
-            prog: "bench_noop",
-            frame: forward.clone(),
-            expect: Expect {
-                ret: XDP_PASS,
-                reason: None,
-                new_flows_per_repeat: Some(0),
-            },
-            minus: None,
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "wrapper + new tuple (subtracted from new flow)",
-            prog: "bench_noop_spray",
-            frame: spray_syn.clone(),
-            expect: Expect {
-                ret: XDP_PASS,
-                reason: None,
-                new_flows_per_repeat: Some(0),
-            },
-            minus: None,
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "xdplb non-VIP pass",
-            prog: "bench_lb",
-            frame: other.clone(),
-            expect: Expect {
-                ret: XDP_PASS,
-                reason: Some(Reason::PassNotService),
-                new_flows_per_repeat: Some(0),
-            },
-            minus: Some(2),
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "xdplb established forward",
-            prog: "bench_lb",
-            frame: forward.clone(),
-            expect: established(Reason::TxForward),
-            minus: Some(2),
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "xdplb established reply (reverse NAT)",
-            prog: "bench_lb",
-            frame: reply.clone(),
-            expect: established(Reason::TxReply),
-            minus: Some(2),
-            new_flows: false,
-            floor: false,
-        },
-        Variant {
-            row: "xdplb new TCP flow (SYN: Maglev + 2 inserts)",
-            prog: "bench_lb_spray",
-            frame: spray_syn.clone(),
-            expect: new_flow,
-            minus: Some(3),
-            new_flows: true,
-            floor: false,
-        },
-        Variant {
-            row: "floor: the two FLOWS inserts of a new flow, alone",
-            prog: "bench_insert2_spray",
-            frame: spray_syn.clone(),
-            expect: new_flow,
-            minus: Some(3),
-            new_flows: true,
-            floor: true,
+            check: Check::HashFloor,
+            ..v(
+                "floor: the two FLOWS inserts of a new flow, alone",
+                "bench_insert2_spray",
+                &spray_syn,
+                new_flow,
+                Some(3),
+            )
+            .creating_flows()
         },
     ];
     let new_repeat = repeat.min(NEW_FLOW_REPEAT);
@@ -854,10 +865,9 @@ fn rounds(
             } else {
                 repeat
             };
-            raw.push(if v.floor {
-                b.timed_floor(v.prog, &v.frame, n)?
-            } else {
-                b.timed(v.prog, &v.frame, n, v.expect)?
+            raw.push(match v.check {
+                Check::HashFloor => b.timed_floor(v.prog, &v.frame, n)?,
+                Check::Counters(expect) => b.timed(v.prog, &v.frame, n, expect)?,
             });
             if v.new_flows {
                 let entries = b.flow_entries()?.len();
