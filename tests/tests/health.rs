@@ -121,6 +121,15 @@ impl Timing {
 
 /// Asserts that a transition took at least `floor`: sooner would mean the
 /// agent did not wait for `fall`/`rise` checks one interval apart.
+/// A DOWN line's reason mentions one of `words` (any case).
+fn assert_reason(line: &str, words: &[&str], expected: &str) {
+    let lower = line.to_lowercase();
+    assert!(
+        words.iter().any(|w| lower.contains(w)),
+        "expected {expected}, the line is {line:?}"
+    );
+}
+
 fn assert_not_before(what: &str, took: Duration, floor: Duration, t: Timing, agent: &Agent) {
     assert!(
         took >= floor,
@@ -442,10 +451,10 @@ fn killed_backend_leaves_and_a_held_connection_survives() {
     let (line, _) = bed.wait_for_log(&down, 0, killed, t.down_bound(), &t.explain_down(), |bed| {
         bed.check_held(&mut held, "while api3 goes down")
     });
-    let lower = line.to_lowercase();
-    assert!(
-        lower.contains("refused") || lower.contains("connect"),
-        "expected api3's DOWN reason to say the connection was refused, the line is {line:?}"
+    assert_reason(
+        &line,
+        &["refused", "connect"],
+        "api3's DOWN reason to say the connection was refused",
     );
     bed.settle();
 
@@ -473,10 +482,10 @@ fn hanging_backend_is_marked_down_by_https_check() {
     let wedged = Instant::now();
 
     let (line, _) = bed.wait_down(&format!("{api3} DOWN: "), wedged, t);
-    let lower = line.to_lowercase();
-    assert!(
-        lower.contains("timed out") || lower.contains("timeout"),
-        "expected api3's DOWN reason to mention a timeout, the line is {line:?}"
+    assert_reason(
+        &line,
+        &["timed out", "timeout"],
+        "api3's DOWN reason to mention a timeout",
     );
     bed.settle();
     // A connection sent to the wedged api3 would time out in the client.
@@ -499,10 +508,10 @@ fn tcp_check_closed_port_down_open_port_up() {
     let started = Instant::now();
 
     let (line, took) = bed.wait_down(&format!("{closed} DOWN: "), started, t);
-    let lower = line.to_lowercase();
-    assert!(
-        lower.contains("refused") || lower.contains("connect"),
-        "expected {closed}'s DOWN reason to say the connect was refused, the line is {line:?}"
+    assert_reason(
+        &line,
+        &["refused", "connect"],
+        &format!("{closed}'s DOWN reason to say the connect was refused"),
     );
     // As long again for api1, which passes every TCP check.
     thread::sleep(took);
