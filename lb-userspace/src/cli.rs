@@ -118,7 +118,8 @@ pub struct Args {
     pub nat_ports: Option<(u16, u16)>,
 
     /// Size of the flow table, at least 1024; each NATed connection takes two
-    /// entries (overrides the file). [default: 262144]
+    /// entries; a full table refuses new connections (overrides the file).
+    /// [default: 262144]
     #[arg(long, value_name = "N", value_parser = parse_max_flows)]
     pub max_flows: Option<u32>,
 
