@@ -28,12 +28,17 @@ use tracing::{info, warn};
 
 use crate::cli::XdpAttachMode;
 
-/// The program object, built by build.rs from lb-ebpf.
-static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The product's XDP object, built once by build.rs from lb-ebpf: the
+/// program `xdplb` and its maps. The lab's BPF_PROG_TEST_RUN tests and the
+/// benchmark load this same object.
+pub static XDPLB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 pub struct LoadOptions<'a> {
     pub iface: &'a str,
     pub mode: XdpAttachMode,
+    /// Why that mode (xdp_mode::choose), for the log line saying which
+    /// mode the program was attached in.
+    pub why: &'a str,
     pub pin_dir: PathBuf,
     pub max_flows: u32,
     pub table_size: u32,
@@ -54,6 +59,7 @@ impl Dataplane {
         let LoadOptions {
             iface,
             mode,
+            why,
             pin_dir,
             max_flows,
             table_size,
@@ -65,7 +71,7 @@ impl Dataplane {
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, max_flows)
             .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * table_size)
-            .load(PROGRAM)
+            .load(XDPLB_OBJECT)
             .with_context(|| {
                 format!(
                     "loading the XDP object (maps pinned in {})",
@@ -89,7 +95,12 @@ impl Dataplane {
             None
         } else {
             let (mode, link) = attach_and_pin(prog, iface, mode, &link_path)?;
-            info!(iface, ?mode, "XDP program attached");
+            let mode = match mode {
+                XdpMode::Driver => "native",
+                XdpMode::Skb => "generic",
+                _ => "other",
+            };
+            info!(iface, "XDP program attached in {mode} mode ({why})");
             Some(link)
         };
         Ok(Dataplane {

@@ -8,8 +8,6 @@
 //! program passes up (ICMP, other ports, packets whose next hop it cannot
 //! resolve yet) must be local traffic to the stack.
 
-#![allow(dead_code, reason = "wired in by main")]
-
 use std::{
     io, mem,
     net::Ipv4Addr,
@@ -428,11 +426,16 @@ mod tests {
 
     /// Adds and removes a VIP for real, in a network namespace of the test's
     /// own (on a thread of its own, so nothing else sees it) with a veth
-    /// pair, d0 (ours) and d1 (a neighbour that sees our GARPs). Needs root:
-    /// `cargo test -p lb-userspace vip:: -- --ignored`.
+    /// pair, d0 (ours) and d1 (a neighbour that sees our GARPs). Needs root,
+    /// and fails without it (`cargo xtask test` runs as root).
     #[test]
-    #[ignore = "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to make a network namespace"]
     fn assign_and_release_in_a_private_netns() {
+        // SAFETY: no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to make a network namespace"
+        );
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("unshare(CLONE_NEWNET) needs root");

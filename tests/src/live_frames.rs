@@ -690,8 +690,8 @@ mod rig_tests {
     use super::*;
 
     #[test]
-    #[ignore = "needs root, BPF and namespaces: sudo cargo test -p lab --lib -- --ignored"]
     fn every_frame_is_accounted_for() {
+        crate::require_root();
         let samples = run(
             RigOptions {
                 flows: 1024,

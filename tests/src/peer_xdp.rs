@@ -1,4 +1,4 @@
-//! Lab-only XDP programs (lb-ebpf's `lab-xdp` object, built by build.rs).
+//! Lab-only XDP programs (test-ebpf's `lab-xdp` object, built by build.rs).
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -8,7 +8,7 @@ use aya::{
 
 use crate::Netns;
 
-static LAB_XDP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab-xdp"));
+use crate::objects::LAB_XDP_OBJECT as LAB_XDP;
 
 /// A lab program attached to an interface; detached on drop.
 pub struct Attached {

@@ -42,6 +42,10 @@ pub struct LabOptions {
     pub apiservers: usize,
     /// Start a fake kube-apiserver in each backend.
     pub start_apiservers: bool,
+    /// Attach `xdp_pass` to the bridge side of lb1 and lb2, so native
+    /// XDP_TX into those veths is delivered (see peer_xdp). Off, the lab is
+    /// a plain bridge, as a container or VM-bridge setup is.
+    pub peer_xdp: bool,
 }
 
 impl Default for LabOptions {
@@ -49,6 +53,7 @@ impl Default for LabOptions {
         LabOptions {
             apiservers: 3,
             start_apiservers: true,
+            peer_xdp: true,
         }
     }
 }
@@ -129,7 +134,7 @@ impl Lab {
         ];
         names.extend((1..=opts.apiservers).map(|i| (format!("api{i}"), 20 + i as u8)));
         for (name, octet) in names {
-            lab.add_host(&name, octet)
+            lab.add_host(&name, octet, opts.peer_xdp)
                 .with_context(|| format!("lab {}: adding host {name}", lab.id))?;
         }
         if opts.start_apiservers {
@@ -142,7 +147,7 @@ impl Lab {
         Ok(lab)
     }
 
-    fn add_host(&mut self, name: &str, octet: u8) -> Result<()> {
+    fn add_host(&mut self, name: &str, octet: u8, peer_xdp: bool) -> Result<()> {
         let ns = Netns::create(&format!("{}-{name}", self.id))?;
         let port = format!("p-{name}");
         // Both ends are made inside namespaces: nothing touches the root one.
@@ -159,7 +164,7 @@ impl Lab {
         // (pseudo-header) checksum that the receiving kernel trusts because
         // of skb metadata XDP never sees.
         ns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
-        if name.starts_with("lb") {
+        if peer_xdp && name.starts_with("lb") {
             // Native XDP_TX on a veth queues the frame on the peer, which
             // only polls it promptly if it runs XDP too (see peer_xdp).
             self.peer_programs

@@ -1,9 +1,12 @@
 //! `cargo xtask`: what cargo cannot do by itself — install the eBPF
 //! toolchain, run the agent as root, the namespace lab, the tests that need
 //! it, and the benchmarks.
+//!
+//! Thin by design: xtask depends on no workspace crate (their build scripts
+//! compile BPF, which needs what `setup` installs). It shells out to cargo
+//! to build the crates that do the work — the agent, the lab's demo
+//! (`xdplb-lab`), the benchmark (`xdplb-bench`) — and runs them.
 
-mod bench;
-mod demo;
 mod setup;
 
 use std::{
@@ -83,15 +86,26 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick, only } => {
-            let bin_dir = build(true)?;
-            // The lab runs the release agent, not the debug one beside xtask.
-            // SAFETY: no other thread exists yet.
-            unsafe { std::env::set_var("XDPLB_BIN_DIR", &bin_dir) };
-            bench::run(bench::Options { quick }, &only)
+            setup::require_root("cargo xtask bench (namespaces, XDP, pinned CPUs)")?;
+            let bin_dir = build_with(true, &["-p", "xdplb-bench"])?;
+            let mut cmd = Command::new(bin_dir.join("xdplb-bench"));
+            if quick {
+                cmd.arg("--quick");
+            }
+            for part in &only {
+                cmd.args(["--only", part]);
+            }
+            // The lab runs the release agent, not a debug one.
+            run(cmd.env("XDPLB_BIN_DIR", &bin_dir))
         }
         Cmd::Lab { hold } => {
-            build(false)?;
-            demo::run(hold)
+            setup::require_root("cargo xtask lab (network namespaces, XDP)")?;
+            let bin_dir = build(false)?;
+            let mut cmd = Command::new(bin_dir.join("xdplb-lab"));
+            if hold {
+                cmd.arg("--hold");
+            }
+            run(cmd.env("XDPLB_BIN_DIR", &bin_dir))
         }
     }
 }
@@ -104,11 +118,19 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds the agent (which builds the XDP program in build.rs) and the lab's
-/// fake apiserver; returns the directory holding the binaries.
+/// binaries (the fake apiserver, the demo); returns the directory holding
+/// the binaries.
 fn build(release: bool) -> Result<PathBuf> {
+    build_with(release, &[])
+}
+
+/// `build`, plus the packages `extra` names (`-p NAME`...).
+fn build_with(release: bool, extra: &[&str]) -> Result<PathBuf> {
     setup::ensure()?;
     let mut cmd = cargo();
-    cmd.args(["build", "-p", "lb-userspace", "-p", "lab", "--bins"]);
+    cmd.args(["build", "-p", "lb-userspace", "-p", "lab"])
+        .args(extra)
+        .arg("--bins");
     if release {
         cmd.arg("--release");
     }
@@ -120,17 +142,22 @@ fn build(release: bool) -> Result<PathBuf> {
 
 fn test(args: &[String]) -> Result<()> {
     let bin_dir = build(false)?;
-    // Host unit tests first: they need no privileges and fail fastest.
-    run(cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "lb-ebpf",
-        "--lib",
-        "--bins",
-    ]))?;
-    // Then the lab: real namespaces, real packets, real XDP.
     setup::require_root("the end-to-end lab tests")?;
+    // Unit tests first: they fail fastest. Some need root (a namespace for
+    // netlink, kernel maps, BPF_PROG_TEST_RUN) and fail without it.
+    run(cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--exclude",
+            "test-ebpf",
+            "--lib",
+            "--bins",
+        ])
+        .env("XDPLB_BIN_DIR", &bin_dir))?;
+    // Then the lab: real namespaces, real packets, real XDP.
     run(cargo()
         .args(["test", "-p", "lab", "--test", "*", "--"])
         .args(args)

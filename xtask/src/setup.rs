@@ -38,6 +38,19 @@ const APT_PACKAGES: &[&str] = &[
 
 pub fn run() -> Result<()> {
     require_root("cargo xtask setup (apt-get, bpffs)")?;
+    if !has("rustup") {
+        bail!(
+            "rustup is not on PATH: the eBPF build needs a nightly toolchain with rust-src, \
+             which setup installs through rustup (https://rustup.rs), then run setup again"
+        );
+    }
+    if !has("apt-get") {
+        bail!(
+            "apt-get is not here: setup installs the lab's packages from Debian (or Ubuntu); \
+               on another distribution install {} by hand",
+            APT_PACKAGES.join(" ")
+        );
+    }
     bpffs()?;
     bpf_syscall()?;
     apt_packages()?;

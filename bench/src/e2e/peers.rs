@@ -145,9 +145,9 @@ pub fn start(lab: &Lab, lb: Lb, pinned: bool) -> Result<Running> {
             for b in &bs {
                 args.extend(["--backend", b.as_str()]);
             }
-            if generic {
-                args.extend(["--xdp-mode", "generic"]);
-            }
+            // Named, not left to `auto`: the measurement must not depend
+            // on what auto concludes about the lab's veth peer.
+            args.extend(["--xdp-mode", if generic { "generic" } else { "native" }]);
             let napi_before = cpu::napi_threads("eth0");
             let agent = lab.start_agent("lb1", &args)?;
             // The agent (health checks, flow ageing) is LB work too.

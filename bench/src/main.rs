@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: xdplb measured beside its peers in one run, on the
+//! `xdplb-bench` (`cargo xtask bench`): xdplb measured beside its peers in one run, on the
 //! same machine, reported as ratios (these machines are noisy; absolute
 //! numbers from different runs are not comparable).
 //!
@@ -13,7 +13,29 @@ mod report;
 use std::time::Instant;
 
 use anyhow::Result;
+use clap::Parser;
 use serde::Serialize;
+
+/// xdplb beside haproxy, nginx and nftables in one run: bench/results/<date>.md.
+#[derive(Parser)]
+#[command(name = "xdplb-bench")]
+struct Cli {
+    /// Smoke run (under 2 minutes); CI may run it, results are not meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e.
+    /// Results go to <date>-partial.*, which is not committed.
+    #[arg(long, value_name = "PART")]
+    only: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(Options { quick: cli.quick }, &cli.only) {
+        eprintln!("xdplb-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
 
 /// Options every part sees.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +101,12 @@ pub struct Section {
 
 /// `only`: part keys to run (empty: all of them).
 pub fn run(opts: Options, only: &[String]) -> Result<()> {
-    crate::setup::require_root("cargo xtask bench (namespaces, XDP, pinned CPUs)")?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "cargo xtask bench (namespaces, XDP, pinned CPUs) needs root: run it with sudo (or as root)"
+        );
+    }
     let started = Instant::now();
     let machine = report::Machine::probe();
     if machine.loadavg_1m > 0.5 {
@@ -143,7 +170,7 @@ pub fn run(opts: Options, only: &[String]) -> Result<()> {
         });
     }
     let report = report::Report::new(machine, opts, partial, sections, started.elapsed());
-    report.write(&crate::workspace_root().join("bench/results"))?;
+    report.write(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results"))?;
     report.print_summary();
     if !leftovers.is_empty() {
         anyhow::bail!("the bench left behind: {}", leftovers.join("; "));

@@ -1,4 +1,4 @@
-//! `cargo xtask lab`: the first thing a newcomer runs. Brings up the lab,
+//! `xdplb-lab` (`cargo xtask lab`): the first thing a newcomer runs. Brings up the lab,
 //! starts xdplb on lb1, sends traffic from the client, reports what the
 //! data plane saw, and tears everything down.
 
@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use lab::{Lab, LabOptions, client};
 use lb_common::stats::ReasonTotals;
 
@@ -16,8 +17,30 @@ const DATAGRAMS: u64 = 1000;
 const PINGS: u64 = 5;
 const CONNECTIONS: usize = 60;
 
-pub fn run(hold: bool) -> Result<()> {
-    crate::setup::require_root("cargo xtask lab (network namespaces, XDP)")?;
+/// Bring up the lab, run xdplb on lb1, send traffic, print a report, tear down.
+#[derive(Parser)]
+#[command(name = "xdplb-lab")]
+struct Cli {
+    /// Keep the lab up after the report, until Ctrl-C, to look around
+    /// (`nsenter --net=/var/run/netns/<ns> ...`).
+    #[arg(long)]
+    hold: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse().hold) {
+        eprintln!("xdplb-lab: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(hold: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "cargo xtask lab (network namespaces, XDP) needs root: run it with sudo (or as root)"
+        );
+    }
     // With --hold, Ctrl-C must reach our waiting thread, not kill us before
     // the lab is torn down: block it in every thread from the start.
     let signals = hold.then(block_signals).transpose()?;

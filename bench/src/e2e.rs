@@ -374,7 +374,7 @@ fn sections(m: Measured) -> [Section; 3] {
             notes.push(format!("No ratio \"{what}\": a side was not measured."));
         }
     };
-    // Native is what `auto` picks on a veth (and on any NIC with an XDP
+    // Native is what `auto` picks on a veth whose peer runs XDP (and on any NIC with an XDP
     // driver); generic is shown beside it because on a veth it takes the
     // same softirq path as the peers (see the notes).
     for xdp in [Lb::Xdplb, Lb::XdplbGeneric] {
@@ -524,7 +524,7 @@ fn sections(m: Measured) -> [Section; 3] {
             plan.reps,
             Lb::ALL.map(Lb::name).join(", ")
         ),
-        "Peers: xdplb (VIP → backends, `--check tcp`, default NAT ports and flow table; native XDP, what `auto` picks on a veth) \
+        "Peers: xdplb (VIP → backends, `--check tcp`, default NAT ports and flow table; native XDP, what `auto` picks on a veth whose peer runs XDP, as here) \
          and xdplb-generic (the same with `--xdp-mode generic`); haproxy 2.6 `mode tcp`, `balance roundrobin`, \
          `nbthread 1`, `maxconn 9000`, `check inter 2s`; nginx 1.22 `stream` (1 worker, no access log); nftables \
          `dnat to numgen inc mod 3 map` + `masquerade to :10000-19999` (a port range no other LB here uses; conntrack TIME_WAIT set to 10 s in lb1, like xdplb's closing timeout); \
