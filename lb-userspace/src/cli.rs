@@ -11,7 +11,7 @@ use crate::config::{
     parse_rise, parse_snat_ip, parse_vip,
 };
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(
     name = "xdplb",
     version,

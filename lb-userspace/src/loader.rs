@@ -16,14 +16,14 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapInfo, MapType},
+    maps::{MapInfo, MapType},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
 };
-use lb_common::{maps, service::MAX_SERVICES};
+use lb_common::maps;
 use tracing::{info, warn};
 
 use crate::cli::XdpAttachMode;
@@ -70,7 +70,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, max_flows)
-            .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * table_size)
+            .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size))
             .load(XDPLB_OBJECT)
             .with_context(|| {
                 format!(
@@ -111,11 +111,10 @@ impl Dataplane {
         })
     }
 
-    /// Moves a map out of the object, for the task that owns it.
-    pub fn take_map(&mut self, name: &str) -> Result<Map> {
-        self.ebpf
-            .take_map(name)
-            .ok_or_else(|| anyhow!("no map {name} in the object"))
+    /// The loaded object, to take its maps out for their owners
+    /// ([`crate::maps::take`]).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Leaves program, link and maps in the kernel, pinned, for the next
@@ -242,12 +241,4 @@ fn attach_and_pin(
         .pin(path)
         .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
     Ok((mode, pinned))
-}
-
-/// Typed map handles, moved out of the object for their owners.
-pub fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
-    dp: &mut Dataplane,
-    name: &str,
-) -> Result<T> {
-    T::try_from(dp.take_map(name)?).with_context(|| format!("map {name} has an unexpected type"))
 }

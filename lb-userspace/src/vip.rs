@@ -9,6 +9,7 @@
 //! resolve yet) must be local traffic to the stack.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io, mem,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -39,6 +40,75 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 /// The shortest Ethernet frame without its FCS; not every driver pads a
 /// short frame from a packet socket, so we send it padded.
 const ETH_ZLEN: usize = 60;
+
+/// The VIPs this agent holds on its interface, brought to a wanted set.
+pub struct VipSet {
+    iface: String,
+    held: BTreeMap<Ipv4Addr, VipGuard>,
+}
+
+impl VipSet {
+    pub fn new(iface: &str) -> Self {
+        VipSet {
+            iface: iface.to_owned(),
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn held(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.held.keys().copied()
+    }
+
+    /// Releases what is no longer wanted, then adds (and announces) what is
+    /// new. Every VIP is tried; the first error is returned after.
+    pub async fn sync(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let mut first_err = None;
+        let gone: Vec<Ipv4Addr> = self
+            .held
+            .keys()
+            .filter(|v| !wanted.contains(v))
+            .copied()
+            .collect();
+        for v in gone {
+            if let Some(g) = self.held.remove(&v)
+                && let Err(e) = g.release().await
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        for &v in wanted {
+            if self.held.contains_key(&v) {
+                continue;
+            }
+            match assign(&self.iface, v).await {
+                Ok(g) => {
+                    self.held.insert(v, g);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Removes every VIP this agent added (one that was there before it
+    /// stays); failures are logged.
+    pub async fn release_all(mut self) {
+        for (_, g) in std::mem::take(&mut self.held) {
+            if let Err(e) = g.release().await {
+                warn!("{e:#}");
+            }
+        }
+    }
+
+    /// Leaves every VIP on the interface (--keep-dataplane).
+    pub fn keep(mut self) {
+        for (_, g) in std::mem::take(&mut self.held) {
+            g.keep();
+        }
+    }
+}
 
 /// Adds `vip/32` to `iface` unless it is already there, then announces it
 /// with gratuitous ARP (also when it was already there: we are about to

@@ -8,52 +8,52 @@ pub mod state;
 pub mod tls;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{Hash, Hasher},
-    net::SocketAddrV4,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use lb_common::service::ServiceKey;
 use serde::Serialize;
 use tokio::{sync::mpsc, task::AbortHandle};
 
-use crate::config::{CheckConfig, CheckKind, Config};
+use crate::{
+    config::{CheckConfig, CheckKind, Config},
+    plan::service_key,
+};
 use probe::Probe;
 use state::{BackendHealth, Outcome, Transition};
 
-/// One checked backend of one service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    pub service: ServiceKey,
-    pub backend: SocketAddrV4,
-}
+pub use crate::plan::Target;
 
-/// A backend changed state.
+/// What a check task reports after every check: the backend's state as its
+/// task's state machine now has it, and the change of state, if any.
 #[derive(Clone, Debug)]
 pub struct Event {
     pub target: Target,
-    pub name: String,
-    pub transition: Transition,
+    /// Which task sent it: a task replaced by a reload (new check settings)
+    /// may still deliver one last result, which must not count.
+    generation: u64,
+    health: BackendHealth,
+    pub transition: Option<Transition>,
 }
 
 struct Checked {
     name: String,
     service: String,
+    check: CheckConfig,
+    generation: u64,
+    abort: AbortHandle,
     health: BackendHealth,
 }
 
-struct Task {
-    check: CheckConfig,
-    abort: AbortHandle,
-}
-
-pub struct Health {
-    tasks: HashMap<Target, Task>,
-    state: Arc<Mutex<BTreeMap<Target, Checked>>>,
-    tx: mpsc::UnboundedSender<Event>,
+/// The check tasks and what they last reported, owned by the agent's loop:
+/// the tasks own their state machines and send [`Event`]s; nothing here is
+/// shared between tasks.
+pub struct Health<E> {
+    checked: BTreeMap<Target, Checked>,
+    next_generation: u64,
+    tx: mpsc::UnboundedSender<E>,
 }
 
 /// What the status output shows of one backend.
@@ -71,17 +71,14 @@ pub struct BackendStatus {
     pub checks: u64,
 }
 
-impl Health {
-    pub fn new() -> (Health, mpsc::UnboundedReceiver<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Health {
-                tasks: HashMap::new(),
-                state: Arc::default(),
-                tx,
-            },
-            rx,
-        )
+impl<E: From<Event> + Send + 'static> Health<E> {
+    /// Check tasks will send their events, converted to `E`, into `tx`.
+    pub fn new(tx: mpsc::UnboundedSender<E>) -> Self {
+        Health {
+            checked: BTreeMap::new(),
+            next_generation: 0,
+            tx,
+        }
     }
 
     /// Starts checks for new backends, restarts those whose check changed,
@@ -92,12 +89,7 @@ impl Health {
             if matches!(s.check.kind, CheckKind::None) {
                 continue;
             }
-            let service = ServiceKey {
-                vip: s.vip.octets(),
-                port: s.port.to_be_bytes(),
-                proto: s.proto.number(),
-                _pad: 0,
-            };
+            let service = service_key(s);
             for b in &s.backends {
                 wanted.insert(
                     Target {
@@ -108,64 +100,70 @@ impl Health {
                 );
             }
         }
-        let stale: Vec<Target> = self
-            .tasks
-            .iter()
-            .filter(|(t, task)| {
-                wanted
-                    .get(t)
-                    .is_none_or(|(_, _, check)| *check != task.check)
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        let mut state = self.state.lock().expect("health state lock");
-        for t in stale {
-            if let Some(task) = self.tasks.remove(&t) {
-                task.abort.abort();
+        self.checked.retain(|t, c| {
+            let keep = wanted.get(t).is_some_and(|(_, _, check)| *check == c.check);
+            if !keep {
+                c.abort.abort();
             }
-            state.remove(&t);
-        }
+            keep
+        });
         for (target, (service, name, check)) in wanted {
-            if self.tasks.contains_key(&target) {
+            if self.checked.contains_key(&target) {
                 continue;
             }
             let probe = probe_for(&check)?;
-            state.insert(
-                target,
-                Checked {
-                    name: name.clone(),
-                    service,
-                    health: BackendHealth::new(check.rise, check.fall, Instant::now()),
-                },
-            );
+            let health = BackendHealth::new(check.rise, check.fall, Instant::now());
+            let generation = self.next_generation;
+            self.next_generation += 1;
             let abort = tokio::spawn(run(
                 target,
-                name,
+                generation,
                 probe,
                 check.clone(),
-                self.state.clone(),
+                health.clone(),
                 self.tx.clone(),
             ))
             .abort_handle();
-            self.tasks.insert(target, Task { check, abort });
+            self.checked.insert(
+                target,
+                Checked {
+                    name,
+                    service,
+                    check,
+                    generation,
+                    abort,
+                    health,
+                },
+            );
         }
         Ok(())
     }
+}
 
-    /// Whether the backend is down by its checks (unchecked backends are up).
-    pub fn is_down(&self, target: &Target) -> bool {
-        self.state
-            .lock()
-            .expect("health state lock")
-            .get(target)
-            .is_some_and(|c| !c.health.up)
+impl<E> Health<E> {
+    /// Takes a task's report; returns the backend's name and its change of
+    /// state, if it changed. Reports of tasks since replaced are ignored.
+    pub fn on_event(&mut self, event: Event) -> Option<(String, Transition)> {
+        let c = self.checked.get_mut(&event.target)?;
+        if c.generation != event.generation {
+            return None;
+        }
+        c.health = event.health;
+        event.transition.map(|t| (c.name.clone(), t))
+    }
+
+    /// The backends whose checks say down (unchecked backends are up).
+    pub fn down(&self) -> BTreeSet<Target> {
+        self.checked
+            .iter()
+            .filter(|(_, c)| !c.health.up)
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     pub fn status(&self) -> Vec<BackendStatus> {
         let now = Instant::now();
-        self.state
-            .lock()
-            .expect("health state lock")
+        self.checked
             .iter()
             .map(|(t, c)| BackendStatus {
                 service: c.service.clone(),
@@ -188,10 +186,10 @@ impl Health {
     }
 }
 
-impl Drop for Health {
+impl<E> Drop for Health<E> {
     fn drop(&mut self) {
-        for task in self.tasks.values() {
-            task.abort.abort();
+        for c in self.checked.values() {
+            c.abort.abort();
         }
     }
 }
@@ -212,16 +210,17 @@ fn probe_for(check: &CheckConfig) -> Result<Probe> {
     })
 }
 
-/// One backend's check loop. Checks never overlap (the timeout is at most
-/// the interval), and start at a per-backend offset so that many backends
-/// are not probed in lockstep.
-async fn run(
+/// One backend's check loop: probes, feeds its own state machine, and
+/// reports every result. Checks never overlap (the timeout is at most the
+/// interval), and start at a per-backend offset so that many backends are
+/// not probed in lockstep.
+async fn run<E: From<Event>>(
     target: Target,
-    name: String,
+    generation: u64,
     probe: Probe,
     check: CheckConfig,
-    state: Arc<Mutex<BTreeMap<Target, Checked>>>,
-    tx: mpsc::UnboundedSender<Event>,
+    mut health: BackendHealth,
+    tx: mpsc::UnboundedSender<E>,
 ) {
     tokio::time::sleep(spread(&target, check.interval)).await;
     let mut ticks = tokio::time::interval(check.interval);
@@ -229,20 +228,15 @@ async fn run(
     loop {
         ticks.tick().await;
         let outcome = probe::run(&probe, target.backend, check.timeout).await;
-        let transition = match state.lock().expect("health state lock").get_mut(&target) {
-            Some(c) => c.health.observe(outcome, Instant::now()),
-            None => return, // no longer configured
+        let transition = health.observe(outcome, Instant::now());
+        let event = Event {
+            target,
+            generation,
+            health: health.clone(),
+            transition,
         };
-        if let Some(transition) = transition
-            && tx
-                .send(Event {
-                    target,
-                    name: name.clone(),
-                    transition,
-                })
-                .is_err()
-        {
-            return;
+        if tx.send(E::from(event)).is_err() {
+            return; // the agent is gone
         }
     }
 }
