@@ -38,7 +38,7 @@ use crate::{
     preflight,
     reconcile::Reconciler,
     stats,
-    vip::VipSet,
+    vip::{GarpPolicy, VipSet},
     xdp_mode,
 };
 
@@ -241,7 +241,7 @@ impl Agent {
             ticks_per_s,
             local: BTreeSet::new(),
             reconciler,
-            vips: VipSet::new(&args.iface),
+            vips: VipSet::new(&args.iface, GarpPolicy::default(), false),
             flows: take(dp.ebpf_mut(), maps::FLOWS)?,
             reasons: take(dp.ebpf_mut(), maps::REASON_STATS)?,
             backend_stats: take(dp.ebpf_mut(), maps::BACKEND_STATS)?,

@@ -25,12 +25,31 @@ use rtnetlink::{
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-/// How many gratuitous ARPs announce the VIP, and how far apart. The first
-/// goes out before [`assign`] returns, the rest from a task. keepalived sends
-/// 5 at once and 5 more after `garp_master_delay` (5 s); a few spread over a
-/// couple of seconds cover a lost frame and a switch still learning the port.
-const GARP_COUNT: u32 = 3;
-const GARP_INTERVAL: Duration = Duration::from_secs(1);
+/// How a VIP is announced with gratuitous ARP, with keepalived's names and
+/// defaults: `garp_master_repeat` (5) at once when the node takes the VIP,
+/// as many again `garp_master_delay` (5 s) later (a switch that was still
+/// learning the port, a neighbour that missed the first burst), and, if
+/// `garp_master_refresh` is set, `garp_master_refresh_repeat` every refresh
+/// while the node holds it (neighbours whose cache entries were poisoned by
+/// something else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GarpPolicy {
+    pub repeat: u32,
+    pub delay: Duration,
+    pub refresh: Option<Duration>,
+    pub refresh_repeat: u32,
+}
+
+impl Default for GarpPolicy {
+    fn default() -> Self {
+        GarpPolicy {
+            repeat: 5,
+            delay: Duration::from_secs(5),
+            refresh: None,
+            refresh_repeat: 1,
+        }
+    }
+}
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
@@ -44,14 +63,29 @@ const ETH_ZLEN: usize = 60;
 /// The VIPs this agent holds on its interface, brought to a wanted set.
 pub struct VipSet {
     iface: String,
+    garp: GarpPolicy,
+    /// Take a VIP found on the interface as ours (remove it when we let it
+    /// go). With VRRP the address is the master's, never someone else's: a
+    /// stale one left by a killed agent must go when this node is backup.
+    claim: bool,
     held: BTreeMap<Ipv4Addr, VipGuard>,
 }
 
 impl VipSet {
-    pub fn new(iface: &str) -> Self {
+    pub fn new(iface: &str, garp: GarpPolicy, claim: bool) -> Self {
         VipSet {
             iface: iface.to_owned(),
+            garp,
+            claim,
             held: BTreeMap::new(),
+        }
+    }
+
+    /// Sends a new burst of gratuitous ARPs for every VIP held (after a
+    /// split brain resolves, neighbours may have learnt the other node).
+    pub fn reannounce(&mut self) {
+        for g in self.held.values_mut() {
+            g.reannounce(self.garp);
         }
     }
 
@@ -80,7 +114,7 @@ impl VipSet {
             if self.held.contains_key(&v) {
                 continue;
             }
-            match assign(&self.iface, v).await {
+            match assign(&self.iface, v, self.garp, self.claim).await {
                 Ok(g) => {
                     self.held.insert(v, g);
                 }
@@ -117,13 +151,16 @@ impl VipSet {
 /// An address that was already on the interface belongs to someone else (an
 /// operator, a previous xdplb that kept it with --keep-dataplane, keepalived
 /// during a migration): the guard leaves it there at exit.
-pub async fn assign(iface: &str, vip: Ipv4Addr) -> Result<VipGuard> {
+pub async fn assign(iface: &str, vip: Ipv4Addr, garp: GarpPolicy, claim: bool) -> Result<VipGuard> {
     let nl = Netlink::open().with_context(|| format!("adding {vip}/32 to {iface}"))?;
     let link = Link::find(&nl.handle, iface).await?;
     let present = has_address(&nl.handle, link.index, vip)
         .await
         .with_context(|| format!("listing the addresses of {iface}"))?;
-    let added = if present {
+    let added = if present && claim {
+        info!(iface, %vip, "VIP already on the interface: taking it over");
+        true
+    } else if present {
         info!(iface, %vip, "VIP already on the interface: using it, and leaving it there at exit");
         false
     } else {
@@ -148,15 +185,35 @@ pub async fn assign(iface: &str, vip: Ipv4Addr) -> Result<VipGuard> {
             }
         }
     };
-    let announcer = announce(iface, &link, vip);
+    let announcer = announce(iface, link.index, link.mac, vip, garp);
     Ok(VipGuard {
         iface: iface.to_owned(),
         index: link.index,
+        mac: link.mac,
         vip,
         added,
         announcer,
         armed: true,
     })
+}
+
+/// Removes any of `vips` found on `iface`: at start, a node that may become
+/// backup must not answer for an address a killed agent left behind.
+/// Returns the ones removed.
+pub async fn remove_stale(iface: &str, vips: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>> {
+    let nl = Netlink::open().with_context(|| format!("checking {iface} for stale VIPs"))?;
+    let link = Link::find(&nl.handle, iface).await?;
+    let mut removed = Vec::new();
+    for &vip in vips {
+        if has_address(&nl.handle, link.index, vip)
+            .await
+            .with_context(|| format!("listing the addresses of {iface}"))?
+        {
+            remove(iface, link.index, vip).await?;
+            removed.push(vip);
+        }
+    }
+    Ok(removed)
 }
 
 /// The VIP on the interface. Exactly one of [`release`](Self::release) and
@@ -167,6 +224,7 @@ pub async fn assign(iface: &str, vip: Ipv4Addr) -> Result<VipGuard> {
 pub struct VipGuard {
     iface: String,
     index: u32,
+    mac: Option<[u8; 6]>,
     vip: Ipv4Addr,
     /// We added the address, so it is ours to remove.
     added: bool,
@@ -209,6 +267,12 @@ impl VipGuard {
         // The remaining announcements are still right; let them go out.
         drop(self.announcer.take());
         info!(iface = %self.iface, vip = %self.vip, "leaving VIP on the interface");
+    }
+
+    /// A new announcement, replacing the one under way.
+    pub fn reannounce(&mut self, garp: GarpPolicy) {
+        self.stop_announcing();
+        self.announcer = announce(&self.iface, self.index, self.mac, self.vip, garp);
     }
 
     fn stop_announcing(&mut self) {
@@ -356,15 +420,21 @@ async fn has_address(handle: &Handle, index: u32, vip: Ipv4Addr) -> Result<bool,
     Ok(addrs.try_next().await?.is_some())
 }
 
-/// Sends the first gratuitous ARP now and spawns a task for the rest. A
-/// failure only warns: the VIP works without it, neighbours just take until
-/// their cache entry expires to notice the move.
-fn announce(iface: &str, link: &Link, vip: Ipv4Addr) -> Option<JoinHandle<()>> {
-    let Some(mac) = link.mac else {
+/// Sends the first burst of gratuitous ARPs now and spawns a task for the
+/// rest ([`GarpPolicy`]). A failure only warns: the VIP works without it,
+/// neighbours just take until their cache entry expires to notice the move.
+fn announce(
+    iface: &str,
+    index: u32,
+    mac: Option<[u8; 6]>,
+    vip: Ipv4Addr,
+    garp: GarpPolicy,
+) -> Option<JoinHandle<()>> {
+    let Some(mac) = mac else {
         debug!(iface, "not an Ethernet interface: no gratuitous ARP");
         return None;
     };
-    let sock = match GarpSocket::open(link.index, mac, vip) {
+    let sock = match GarpSocket::open(index, mac, vip) {
         Ok(s) => s,
         Err(e) => {
             warn!(iface, %vip, "cannot send gratuitous ARP: opening a packet socket: {e}");
@@ -372,15 +442,27 @@ fn announce(iface: &str, link: &Link, vip: Ipv4Addr) -> Option<JoinHandle<()>> {
         }
     };
     let iface = iface.to_owned();
-    let send = move |n: u32| match sock.send() {
-        Ok(()) => debug!(iface, %vip, "sent gratuitous ARP {n}/{GARP_COUNT}"),
-        Err(e) => warn!(iface, %vip, "sending gratuitous ARP {n}/{GARP_COUNT}: {e}"),
+    let burst = move |n: u32, what: &str| {
+        for i in 1..=n {
+            if let Err(e) = sock.send() {
+                warn!(iface, %vip, "sending gratuitous ARP ({what} {i}/{n}): {e}");
+                return;
+            }
+        }
+        debug!(iface, %vip, "sent {n} gratuitous ARPs ({what})");
     };
-    send(1);
+    burst(garp.repeat, "on taking the VIP");
     Some(tokio::spawn(async move {
-        for n in 2..=GARP_COUNT {
-            tokio::time::sleep(GARP_INTERVAL).await;
-            send(n);
+        tokio::time::sleep(garp.delay).await;
+        burst(garp.repeat, "garp_master_delay later");
+        let Some(every) = garp.refresh else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            burst(garp.refresh_repeat, "refresh");
         }
     }))
 }
@@ -549,7 +631,7 @@ mod tests {
         let vip = Ipv4Addr::new(10, 199, 0, 100);
         let neighbour = ArpListener::open(d1.index);
 
-        let err = assign("nosuch0", vip)
+        let err = assign("nosuch0", vip, GarpPolicy::default(), false)
             .await
             .err()
             .expect("no such interface");
@@ -558,7 +640,9 @@ mod tests {
             "{err:#}"
         );
 
-        let guard = assign("d0", vip).await.expect("assign");
+        let guard = assign("d0", vip, GarpPolicy::default(), false)
+            .await
+            .expect("assign");
         assert!(guard.added(), "the VIP was not there, so we added it");
         assert_eq!(ipv4_addrs("d0").unwrap(), [own, vip]);
         assert!(
@@ -566,7 +650,9 @@ mod tests {
             "d1 should have received a gratuitous ARP for {vip} from {mac:02x?}"
         );
         // Already there: taken as it is, and left alone.
-        let again = assign("d0", vip).await.unwrap();
+        let again = assign("d0", vip, GarpPolicy::default(), false)
+            .await
+            .unwrap();
         assert!(!again.added());
         again.release().await.unwrap();
         assert_eq!(
@@ -578,16 +664,43 @@ mod tests {
         assert_eq!(ipv4_addrs("d0").unwrap(), [own], "release removes our VIP");
 
         // Dropped inside a runtime: removed all the same.
-        drop(assign("d0", vip).await.unwrap());
+        drop(
+            assign("d0", vip, GarpPolicy::default(), false)
+                .await
+                .unwrap(),
+        );
         assert_eq!(ipv4_addrs("d0").unwrap(), [own], "drop removes our VIP");
 
         // Kept: stays, and a later assign adopts it without owning it.
-        assign("d0", vip).await.unwrap().keep();
+        assign("d0", vip, GarpPolicy::default(), false)
+            .await
+            .unwrap()
+            .keep();
         assert_eq!(ipv4_addrs("d0").unwrap(), [own, vip], "keep leaves it");
-        let adopted = assign("d0", vip).await.unwrap();
+        let adopted = assign("d0", vip, GarpPolicy::default(), false)
+            .await
+            .unwrap();
         assert!(!adopted.added());
         drop(adopted);
         assert_eq!(ipv4_addrs("d0").unwrap(), [own, vip]);
+
+        // VRRP mode: a VIP found on the interface is claimed, and goes
+        // when released; remove_stale takes one away outright.
+        let claimed = assign("d0", vip, GarpPolicy::default(), true)
+            .await
+            .unwrap();
+        assert!(claimed.added(), "claimed as ours");
+        claimed.release().await.unwrap();
+        assert_eq!(ipv4_addrs("d0").unwrap(), [own], "a claimed VIP is removed");
+        assign("d0", vip, GarpPolicy::default(), false)
+            .await
+            .unwrap()
+            .keep();
+        let gone = remove_stale("d0", &BTreeSet::from([vip, Ipv4Addr::new(10, 199, 0, 101)]))
+            .await
+            .unwrap();
+        assert_eq!(gone, [vip], "only the stale VIP that was there is removed");
+        assert_eq!(ipv4_addrs("d0").unwrap(), [own]);
     }
 
     /// An AF_PACKET socket receiving the ARP frames that reach one interface.
