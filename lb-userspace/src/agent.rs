@@ -37,7 +37,7 @@ use crate::{
 pub async fn run(args: Args) -> Result<()> {
     // Everything that can be wrong with the input is found before anything
     // touches the kernel.
-    let mut config = Config::from_args(&args)?;
+    let mut config = Config::load(&args.overrides())?;
     preflight::interface_index(&args.iface)?;
     preflight::privileges()?;
     let pin_dir = args.pin_dir();
@@ -314,7 +314,7 @@ fn reload(
     reconciler: &mut Reconciler,
     health: &mut Health,
 ) -> Result<Config> {
-    let new = Config::from_args(args).context("re-reading the configuration")?;
+    let new = Config::load(&args.overrides()).context("re-reading the configuration")?;
     if new.maglev_table_size != running.maglev_table_size || new.max_flows != running.max_flows {
         anyhow::bail!(
             "maglev_table_size and max_flows size the pinned maps; changing them needs a restart"
