@@ -70,7 +70,7 @@ impl From<health::Event> for Event {
 pub async fn run(args: Args) -> Result<()> {
     // Everything that can be wrong with the input is found before anything
     // touches the kernel.
-    let config = Config::from_args(&args)?;
+    let config = Config::load(&args.overrides())?;
     preflight::interface_index(&args.iface)?;
     preflight::privileges()?;
     let pin_dir = args.pin_dir();
@@ -392,7 +392,8 @@ impl Agent {
     /// SIGHUP: re-read the configuration; a bad one is rejected whole and
     /// the running one stays.
     async fn reload(&mut self) {
-        let new = match Config::from_args(&self.args).context("re-reading the configuration") {
+        let new = match Config::load(&self.args.overrides()).context("re-reading the configuration")
+        {
             Ok(new) => new,
             Err(e) => {
                 error!("reload rejected, the running configuration stays: {e:#}");

@@ -6,9 +6,9 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 use clap::{ArgGroup, Parser, ValueEnum};
 
 use crate::config::{
-    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Proto, parse_backend_flag, parse_check_flag,
-    parse_check_interval, parse_check_timeout, parse_fall, parse_max_flows, parse_nat_ports,
-    parse_rise, parse_snat_ip, parse_vip,
+    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Overrides, Proto, parse_backend_flag,
+    parse_check_flag, parse_check_interval, parse_check_timeout, parse_duration, parse_fall,
+    parse_max_flows, parse_nat_ports, parse_rise, parse_snat_ip, parse_vip,
 };
 
 #[derive(Clone, Debug, Parser)]
@@ -147,43 +147,33 @@ impl Args {
             .clone()
             .unwrap_or_else(|| PathBuf::from(lb_common::maps::DEFAULT_PIN_ROOT).join(&self.iface))
     }
-}
 
-/// Durations as users write them in keepalived/haproxy configs: `500ms`,
-/// `2s`, `1m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (try 500ms, 2s, 1m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{s}' is not a duration"));
+    /// What the flags say about the configuration, for
+    /// [`Config::load`](crate::config::Config::load): the file or the single
+    /// service, and the settings that win over the file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            file: self.config.clone(),
+            vip: self.vip,
+            port: self.port,
+            proto: self.proto,
+            backends: self.backend.clone(),
+            check: self.check.clone(),
+            check_interval: self.check_interval,
+            check_timeout: self.check_timeout,
+            rise: self.rise,
+            fall: self.fall,
+            on_down: self.on_down,
+            snat_ip: self.snat_ip,
+            nat_ports: self.nat_ports,
+            max_flows: self.max_flows,
+            // Each flag turns its setting one way only; without it the file
+            // decides.
+            keep_dataplane: self.keep_dataplane.then_some(true),
+            assign_vip: self.no_assign_vip.then_some(false),
+        }
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_like_haproxy() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("2 fortnights").is_err());
-        assert!(parse_duration("s").is_err());
-    }
-}
+mod tests;

@@ -2,8 +2,6 @@
 //! data plane depends on. Everything here is per network namespace: the
 //! answers are those of the calling thread's namespace.
 
-#![allow(dead_code, reason = "wired in by main")]
-
 use std::{
     collections::HashSet,
     fs,

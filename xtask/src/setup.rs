@@ -34,6 +34,10 @@ const APT_PACKAGES: &[&str] = &[
     "libnginx-mod-stream",
     "nftables",
     "wrk",
+    // The VRRP peer the failover tests and the benchmark run beside xdplb.
+    "keepalived",
+    // Raw frames for the VRRP tests (ARP replies, injected adverts).
+    "arping",
 ];
 
 pub fn run() -> Result<()> {

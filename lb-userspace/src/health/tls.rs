@@ -8,29 +8,28 @@
 //! the handshake signatures are verified, so a peer must hold the private key
 //! of the certificate it shows.
 //!
-//! The PEM loaders are also what `config` uses to refuse a bad file at
-//! load time, so that a typo is found before the first check runs.
+//! The files are read by [`config::pem`](pem), which the configuration also uses
+//! to refuse a bad file at load time, so that a typo is found before the
+//! first check runs.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{
         CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
     },
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+    sign::SingleCertAndKey,
 };
 
-use crate::config::TlsCheck;
+use crate::config::{TlsCheck, pem};
 
 /// The rustls client configuration for an `https` check.
-///
-/// The ring provider is named here rather than installed process-wide, so
-/// nothing depends on which provider another crate happens to enable.
 pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pem::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS: the ring provider offers no safe protocol version")?;
@@ -43,7 +42,7 @@ pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>> {
         (true, None) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(&provider))),
-        (false, Some(ca)) => builder.with_root_certificates(root_store(ca)?),
+        (false, Some(ca)) => builder.with_root_certificates(pem::root_store(ca)?),
         // There is no built-in list of public CAs: apiservers are signed by
         // the cluster's own CA, which only `ca_file` can name.
         (false, None) => {
@@ -53,15 +52,9 @@ pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>> {
 
     let mut config = match (&tls.cert_file, &tls.key_file) {
         (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(load_certs("cert_file", cert)?, load_key("key_file", key)?)
-            .with_context(|| {
-                format!(
-                    "TLS: client certificate: cert_file {} with key_file {}",
-                    cert.display(),
-                    key.display()
-                )
-            })?,
+        (Some(cert), Some(key)) => builder.with_client_cert_resolver(Arc::new(
+            SingleCertAndKey::from(pem::client_key(cert, key, &provider)?),
+        )),
         (Some(cert), None) => bail!("TLS: cert_file {} needs a key_file", cert.display()),
         (None, Some(key)) => bail!("TLS: key_file {} needs a cert_file", key.display()),
     };
@@ -69,51 +62,6 @@ pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>> {
     // that it cannot.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The certificates of the PEM file `path`, at least one; `what` (the
-/// config key) and the path name it in errors.
-pub fn load_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(what, path, e))?;
-    if certs.is_empty() {
-        bail!(
-            "{what} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-            path.display()
-        );
-    }
-    Ok(certs)
-}
-
-/// The first private key (PKCS#8, PKCS#1 or SEC1) of the PEM file `path`.
-pub fn load_key(what: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => anyhow!(
-            "{what} {}: no PEM private key (-----BEGIN PRIVATE KEY-----) in it",
-            path.display()
-        ),
-        e => pem_error(what, path, e),
-    })
-}
-
-fn pem_error(what: &str, path: &Path, e: rustls::pki_types::pem::Error) -> anyhow::Error {
-    match e {
-        rustls::pki_types::pem::Error::Io(io) => {
-            anyhow!("{what} {}: cannot read: {io}", path.display())
-        }
-        e => anyhow!("{what} {}: not valid PEM: {e}", path.display()),
-    }
-}
-
-fn root_store(ca: &Path) -> Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs("ca_file", ca)? {
-        roots
-            .add(cert)
-            .with_context(|| format!("ca_file {}: unusable CA certificate", ca.display()))?;
-    }
-    Ok(roots)
 }
 
 /// `insecure_skip_verify`: any certificate chain and name is accepted, but
@@ -176,6 +124,7 @@ mod tests {
 
     use rustls::{
         ServerConfig,
+        pki_types::{PrivateKeyDer, pem::PemObject},
         server::{ClientHello, ResolvesServerCert},
         sign::CertifiedKey,
     };
@@ -183,6 +132,7 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
+    use crate::config::{CheckKind, Config};
 
     /// A file under the temp directory, removed when dropped.
     struct TempFile(PathBuf);
@@ -360,6 +310,26 @@ mod tests {
             }),
             "contradicts ca_file",
         );
+    }
+
+    /// What the configuration accepted at load time builds here: both read
+    /// the files through `config::pem`.
+    #[test]
+    fn a_checked_file_builds() {
+        let (cert, key) = self_signed();
+        let (cert, key) = (TempFile::with(&cert), TempFile::with(&key));
+        let (cert, key) = (cert.0.display(), key.0.display());
+        let text = format!(
+            "[[service]]\nvip = \"10.0.0.100\"\n  [[service.backend]]\n  address = \"10.0.0.1:6443\"\n  [service.check]\n  ca_file = \"{cert}\"\n  cert_file = \"{cert}\"\n  key_file = \"{key}\"\n  sni = \"localhost\"\n"
+        );
+        let c = Config::from_toml_str(&text, "xdplb.toml").unwrap_or_else(|e| panic!("{e:#}"));
+        let CheckKind::Https { tls, .. } = &c.services[0].check.kind else {
+            panic!(
+                "a check with a ca_file is https, got {:?}",
+                c.services[0].check.kind
+            )
+        };
+        client_config(tls).expect("a checked TLS configuration builds");
     }
 
     /// Serves one certificate, signing with `key` — which may not be the
