@@ -6,9 +6,10 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 use clap::{ArgGroup, Parser, ValueEnum};
 
 use crate::config::{
-    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Overrides, Proto, parse_backend_flag,
+    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Overrides, Proto, VrrpFlags, parse_backend_flag,
     parse_check_flag, parse_check_interval, parse_check_timeout, parse_duration, parse_fall,
-    parse_max_flows, parse_nat_ports, parse_rise, parse_snat_ip, parse_vip,
+    parse_max_flows, parse_nat_ports, parse_priority, parse_rise, parse_snat_ip,
+    parse_unicast_peer, parse_vip, parse_vrid,
 };
 
 #[derive(Clone, Debug, Parser)]
@@ -132,6 +133,51 @@ pub struct Args {
     /// default xdplb adds VIP/32 at start and removes it at exit.
     #[arg(long)]
     pub no_assign_vip: bool,
+
+    /// Own the VIPs through VRRP with this virtual router id (keepalived's
+    /// `virtual_router_id`, 1-255), as one instance over every service's
+    /// VIP; without it the node holds its VIPs alone.
+    #[arg(long, value_name = "N", value_parser = parse_vrid)]
+    pub vrid: Option<u8>,
+
+    /// VRRP priority, 1-254 (255: the address owner); the highest is master.
+    /// [default: 100]
+    #[arg(long, value_name = "N", value_parser = parse_priority, requires = "vrid")]
+    pub priority: Option<u8>,
+
+    /// Time between VRRP adverts: whole seconds for VRRPv2, down to 10ms for
+    /// VRRPv3. [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "vrid")]
+    pub advert_int: Option<Duration>,
+
+    /// VRRP version, 2 (keepalived's default) or 3. [default: 2]
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(u8).range(2..=3), requires = "vrid")]
+    pub vrrp_version: Option<u8>,
+
+    /// VRRPv2 PASS authentication (keepalived's `auth_pass`).
+    #[arg(long, value_name = "S", requires = "vrid")]
+    pub auth_pass: Option<String>,
+
+    /// Do not take mastership from a lower-priority master (keepalived's
+    /// `nopreempt`).
+    #[arg(long, requires = "vrid")]
+    pub no_preempt: bool,
+
+    /// Send adverts to this peer instead of the multicast group (repeat it
+    /// for each peer); for networks without multicast.
+    #[arg(long, value_name = "IP", value_parser = parse_unicast_peer, requires = "vrid")]
+    pub unicast_peer: Vec<Ipv4Addr>,
+
+    /// Initial VRRP state (keepalived's `state MASTER|BACKUP`). [default:
+    /// backup]
+    #[arg(long, value_enum, requires = "vrid")]
+    pub state: Option<InitialState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitialState {
+    Master,
+    Backup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -171,6 +217,16 @@ impl Args {
             // decides.
             keep_dataplane: self.keep_dataplane.then_some(true),
             assign_vip: self.no_assign_vip.then_some(false),
+            vrrp: self.vrid.map(|vrid| VrrpFlags {
+                vrid,
+                priority: self.priority,
+                advert_int: self.advert_int,
+                version: self.vrrp_version,
+                auth_pass: self.auth_pass.clone(),
+                no_preempt: self.no_preempt,
+                unicast_peers: self.unicast_peer.clone(),
+                initial_master: self.state.map(|s| s == InitialState::Master),
+            }),
         }
     }
 }

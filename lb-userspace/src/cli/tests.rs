@@ -97,6 +97,7 @@ fn single_service_with_defaults() {
     assert_eq!(
         c,
         Config {
+            vrrp: Vec::new(),
             services: vec![ServiceConfig {
                 name: "10.0.0.100:6443/tcp".into(),
                 vip: Ipv4Addr::new(10, 0, 0, 100),

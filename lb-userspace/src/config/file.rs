@@ -16,6 +16,7 @@ use super::{
         check_max_flows, check_port, check_table_size, check_weight, parse_backend_addr,
         parse_duration, parse_nat_ports, parse_snat_ip, parse_vip,
     },
+    vrrp::RawVrrp,
 };
 
 #[derive(Deserialize)]
@@ -32,6 +33,8 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    #[serde(default, rename = "vrrp")]
+    vrrp: Vec<RawVrrp>,
 }
 
 #[derive(Deserialize)]
@@ -178,7 +181,13 @@ impl Draft {
             });
         }
 
+        let mut vrrp = Vec::with_capacity(raw.vrrp.len());
+        for v in raw.vrrp {
+            vrrp.push(v.check(src)?);
+        }
+
         Ok(Draft {
+            vrrp,
             services,
             snat_ip,
             nat_ports,

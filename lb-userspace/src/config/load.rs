@@ -46,6 +46,8 @@ pub struct Overrides {
     pub max_flows: Option<u32>,
     pub keep_dataplane: Option<bool>,
     pub assign_vip: Option<bool>,
+    /// `--vrid` and its companions: one VRRP instance, replacing the file's.
+    pub vrrp: Option<super::VrrpFlags>,
 }
 
 /// Nothing given: what the flags mean when left out.
@@ -68,6 +70,7 @@ impl Default for Overrides {
             max_flows: None,
             keep_dataplane: None,
             assign_vip: None,
+            vrrp: None,
         }
     }
 }
@@ -87,7 +90,7 @@ impl Config {
                     text: &text,
                 };
                 let mut draft = Draft::from_toml(&src, &text)?;
-                draft.override_with(flags);
+                draft.override_with(flags)?;
                 draft.finish(&src)
             }
             None => Draft::from_flags(flags)?.finish(&Source::CommandLine),

@@ -21,6 +21,7 @@ mod source;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod values;
+mod vrrp;
 
 pub use load::Overrides;
 pub use model::{
@@ -31,6 +32,10 @@ pub use model::{
 };
 pub use values::{
     BackendSpec, parse_backend_flag, parse_check_flag, parse_check_interval, parse_check_timeout,
-    parse_duration, parse_fall, parse_max_flows, parse_nat_ports, parse_rise, parse_snat_ip,
-    parse_vip,
+    parse_duration, parse_fall, parse_max_flows, parse_nat_ports, parse_priority, parse_rise,
+    parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
+};
+pub use vrrp::{
+    DEFAULT_TRACK_WEIGHT, GarpConfig, NotifyConfig, TrackConfig, TrackInterface, TrackScript,
+    TrackService, VrrpConfig, VrrpFlags, VrrpVersion,
 };

@@ -59,6 +59,8 @@ pub struct Config {
     /// [`TABLE_SIZES`](lb_common::maglev::TABLE_SIZES).
     pub maglev_table_size: u32,
     pub timeouts: Timeouts,
+    /// VRRP instances; none: the node owns its VIPs alone.
+    pub vrrp: Vec<super::VrrpConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

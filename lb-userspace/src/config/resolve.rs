@@ -22,6 +22,7 @@ use super::{
     },
     source::{Loc, Source},
     values::{check_timing, default_timeout},
+    vrrp::{DEFAULT_TRACK_WEIGHT, TrackService, VrrpConfig, from_flags as vrrp_from_flags},
 };
 
 /// Parsed values, before the checks that need all of them.
@@ -34,6 +35,9 @@ pub(super) struct Draft {
     pub(super) assign_vip: bool,
     pub(super) maglev_table_size: Option<(u32, Loc)>,
     pub(super) timeouts: Timeouts,
+    /// Each instance, where it was written, and the services its `track`
+    /// names (checked once the services are known).
+    pub(super) vrrp: Vec<(VrrpConfig, Loc, Vec<(String, Loc)>)>,
 }
 
 pub(super) struct DraftService {
@@ -109,13 +113,14 @@ impl Draft {
             assign_vip: true,
             maglev_table_size: None,
             timeouts: Timeouts::default(),
+            vrrp: Vec::new(),
         };
-        draft.override_with(flags);
+        draft.override_with(flags)?;
         Ok(draft)
     }
 
     /// Flags given on the command line win over the file.
-    pub(super) fn override_with(&mut self, flags: &Overrides) {
+    pub(super) fn override_with(&mut self, flags: &Overrides) -> Result<()> {
         if let Some(ip) = flags.snat_ip {
             self.snat_ip = Some((ip, Loc::CommandLine));
         }
@@ -131,6 +136,12 @@ impl Draft {
         if let Some(assign) = flags.assign_vip {
             self.assign_vip = assign;
         }
+        // `--vrid` on the command line: one instance of the flags, which
+        // replaces the file's (the flags' instance tracks every service).
+        if let Some(v) = &flags.vrrp {
+            self.vrrp = vec![(vrrp_from_flags(v)?, Loc::CommandLine, Vec::new())];
+        }
+        Ok(())
     }
 
     /// The checks that need the whole configuration, then the defaults
@@ -277,7 +288,10 @@ impl Draft {
             (None, Some(fits)) => DEFAULT_TABLE_SIZE.max(fits),
         };
 
+        let vrrp = finish_vrrp(src, self.vrrp, &services)?;
+
         Ok(Config {
+            vrrp,
             services,
             snat_ip: self.snat_ip.map(|(ip, _)| ip),
             nat_ports: self.nat_ports,
@@ -288,6 +302,86 @@ impl Draft {
             timeouts: self.timeouts,
         })
     }
+}
+
+/// The instances, checked against each other and the services: VIPs
+/// default to every service's, tracked services must exist (an instance of
+/// the flags tracks them all), router ids are unique on the interface, a
+/// service VIP belongs to exactly one instance.
+fn finish_vrrp(
+    src: &Source,
+    drafts: Vec<(VrrpConfig, Loc, Vec<(String, Loc)>)>,
+    services: &[ServiceConfig],
+) -> Result<Vec<VrrpConfig>> {
+    let mut out: Vec<VrrpConfig> = Vec::with_capacity(drafts.len());
+    let from_flags = drafts
+        .iter()
+        .any(|(_, loc, _)| matches!(loc, Loc::CommandLine));
+    for (mut v, loc, refs) in drafts {
+        if let Some(other) = out.iter().find(|o| o.vrid == v.vrid) {
+            return Err(src.error(
+                &loc,
+                format!(
+                    "virtual_router_id {} is used by \"{}\" and \"{}\"",
+                    v.vrid, other.name, v.name
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.name == v.name) {
+            return Err(src.error(&loc, format!("vrrp name \"{}\" is used twice", v.name)));
+        }
+        if v.vips.is_empty() {
+            v.vips = services.iter().map(|s| s.vip).collect();
+            v.vips.dedup();
+        }
+        for (name, at) in &refs {
+            if !services.iter().any(|s| &s.name == name) {
+                return Err(src.error(
+                    at,
+                    format!(
+                        "vrrp \"{}\" tracks service \"{name}\", which is not defined",
+                        v.name
+                    ),
+                ));
+            }
+        }
+        if from_flags {
+            v.track.services = services
+                .iter()
+                .map(|s| TrackService {
+                    service: s.name.clone(),
+                    min_up: 1,
+                    weight: DEFAULT_TRACK_WEIGHT,
+                })
+                .collect();
+        }
+        if let Some(p) = v.unicast_peers.iter().find(|p| v.vips.contains(p)) {
+            return Err(src.error(
+                &loc,
+                format!(
+                    "vrrp \"{}\": unicast peer {p} is one of its own VIPs",
+                    v.name
+                ),
+            ));
+        }
+        out.push(v);
+    }
+    if !out.is_empty() {
+        for s in services {
+            let owners = out.iter().filter(|v| v.vips.contains(&s.vip)).count();
+            if owners != 1 {
+                return Err(src.error(
+                    &Loc::Whole,
+                    format!(
+                        "VIP {} of service \"{}\" is in {owners} vrrp instances' virtual_ipaddress; \
+                         with VRRP each VIP needs exactly one",
+                        s.vip, s.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

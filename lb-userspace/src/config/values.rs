@@ -84,6 +84,35 @@ fn parse_unicast(what: &str, s: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// `--vip`, and `vip` in the file.
+/// A VRRP peer or a VRRP instance's address (`--unicast-peer`,
+/// `unicast_peer`, `virtual_ipaddress`).
+pub fn parse_unicast_addr(what: &str, s: &str) -> Result<Ipv4Addr, String> {
+    parse_unicast(what, s)
+}
+
+/// `--unicast-peer IP`.
+pub fn parse_unicast_peer(s: &str) -> Result<Ipv4Addr, String> {
+    parse_unicast("unicast peer", s)
+}
+
+/// `--vrid N`: keepalived's `virtual_router_id`, 1-255.
+pub fn parse_vrid(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u16>() {
+        Ok(n @ 1..=255) => Ok(n as u8),
+        _ => Err(format!("'{s}' is not a VRRP router id (1-255)")),
+    }
+}
+
+/// `--priority N`: 1-255 (255 owns the address).
+pub fn parse_priority(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u16>() {
+        Ok(n @ 1..=255) => Ok(n as u8),
+        _ => Err(format!(
+            "'{s}' is not a VRRP priority (1-254; 255: the address owner)"
+        )),
+    }
+}
+
 pub fn parse_vip(s: &str) -> Result<Ipv4Addr, String> {
     parse_unicast("VIP", s)
 }

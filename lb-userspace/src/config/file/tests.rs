@@ -57,6 +57,7 @@ fn full_file() {
     assert_eq!(
         c,
         Config {
+            vrrp: Vec::new(),
             services: vec![
                 ServiceConfig {
                     name: "k8s-apiserver".into(),
