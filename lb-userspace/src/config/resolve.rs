@@ -22,7 +22,9 @@ use super::{
     },
     source::{Loc, Source},
     values::{check_timing, default_timeout},
-    vrrp::{DEFAULT_TRACK_WEIGHT, TrackService, VrrpConfig, from_flags as vrrp_from_flags},
+    vrrp::{
+        DEFAULT_TRACK_WEIGHT, DraftVrrp, TrackService, VrrpConfig, from_flags as vrrp_from_flags,
+    },
 };
 
 /// Parsed values, before the checks that need all of them.
@@ -37,7 +39,7 @@ pub(super) struct Draft {
     pub(super) timeouts: Timeouts,
     /// Each instance, where it was written, and the services its `track`
     /// names (checked once the services are known).
-    pub(super) vrrp: Vec<(VrrpConfig, Loc, Vec<(String, Loc)>)>,
+    pub(super) vrrp: Vec<DraftVrrp>,
 }
 
 pub(super) struct DraftService {
@@ -139,7 +141,11 @@ impl Draft {
         // `--vrid` on the command line: one instance of the flags, which
         // replaces the file's (the flags' instance tracks every service).
         if let Some(v) = &flags.vrrp {
-            self.vrrp = vec![(vrrp_from_flags(v)?, Loc::CommandLine, Vec::new())];
+            self.vrrp = vec![DraftVrrp {
+                config: vrrp_from_flags(v)?,
+                loc: Loc::CommandLine,
+                tracks: Vec::new(),
+            }];
         }
         Ok(())
     }
@@ -310,7 +316,7 @@ impl Draft {
 /// service VIP belongs to exactly one instance.
 fn finish_vrrp(
     src: &Source,
-    drafts: Vec<(VrrpConfig, Loc, Vec<(String, Loc)>)>,
+    drafts: Vec<DraftVrrp>,
     services: &[ServiceConfig],
 ) -> Result<Vec<VrrpConfig>> {
     let mut out: Vec<VrrpConfig> = Vec::with_capacity(drafts.len());

@@ -209,7 +209,7 @@ fn check_interval(v: VrrpVersion, d: Duration) -> Result<(), String> {
         }
         VrrpVersion::V3 => {
             let cs = d.as_millis() / 10;
-            if d.as_millis() % 10 != 0 || cs == 0 || cs > 4095 {
+            if !d.as_millis().is_multiple_of(10) || cs == 0 || cs > 4095 {
                 return Err(format!(
                     "advert_int {d:?}: VRRPv3 adverts centiseconds, 10ms-40.95s"
                 ));
@@ -332,10 +332,19 @@ fn count(src: &Source, key: &str, n: &Spanned<i64>, max: i64) -> Result<u32> {
     )
 }
 
+/// An instance as read, before the checks that need the services.
+pub(super) struct DraftVrrp {
+    pub(super) config: VrrpConfig,
+    /// Blamed for what is wrong with the instance as a whole.
+    pub(super) loc: Loc,
+    /// The services its `track` names, where each was written.
+    pub(super) tracks: Vec<(String, Loc)>,
+}
+
 impl RawVrrp {
     /// The instance as written, each value checked on its own; the loc of
     /// its `virtual_router_id` blames the instance as a whole.
-    pub(super) fn check(self, src: &Source) -> Result<(VrrpConfig, Loc, Vec<(String, Loc)>)> {
+    pub(super) fn check(self, src: &Source) -> Result<DraftVrrp> {
         let loc = span(&self.virtual_router_id);
         let vrid = *self.virtual_router_id.get_ref();
         let vrid = src.check(
@@ -462,8 +471,8 @@ impl RawVrrp {
             Some(n) => n.get_ref().trim().to_owned(),
             None => format!("VI_{vrid}"),
         };
-        Ok((
-            VrrpConfig {
+        Ok(DraftVrrp {
+            config: VrrpConfig {
                 name,
                 vrid,
                 priority,
@@ -485,8 +494,8 @@ impl RawVrrp {
                 },
             },
             loc,
-            service_refs,
-        ))
+            tracks: service_refs,
+        })
     }
 }
 
