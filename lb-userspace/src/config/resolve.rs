@@ -320,10 +320,13 @@ fn finish_vrrp(
     services: &[ServiceConfig],
 ) -> Result<Vec<VrrpConfig>> {
     let mut out: Vec<VrrpConfig> = Vec::with_capacity(drafts.len());
-    let from_flags = drafts
-        .iter()
-        .any(|(_, loc, _)| matches!(loc, Loc::CommandLine));
-    for (mut v, loc, refs) in drafts {
+    let from_flags = drafts.iter().any(|d| matches!(d.loc, Loc::CommandLine));
+    for DraftVrrp {
+        config: mut v,
+        loc,
+        tracks: refs,
+    } in drafts
+    {
         if let Some(other) = out.iter().find(|o| o.vrid == v.vrid) {
             return Err(src.error(
                 &loc,
