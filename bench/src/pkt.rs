@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::Xdp,
 };
@@ -35,14 +35,17 @@ use lab::{
 };
 use lb_common::{
     flow::{DIR_FORWARD, DIR_REPLY, Flow, FlowKey, SEEN_ACK, SEEN_SYN, flow_hash},
-    maglev::{MaglevBackend, build_table, table_size_for},
+    maglev::table_size_for,
     maps,
-    service::{
-        Backend, CONFIG_ACTIVE, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_SERVICES, PROTO_TCP,
-        Service, ServiceKey,
-    },
+    service::{DEFAULT_TABLE_SIZE, MAX_SERVICES, PROTO_TCP, ServiceKey},
     stats::{Counter, Reason, ReasonTotals, Traffic},
     wire::{TCP_ACK, TCP_PSH},
+};
+use lb_userspace::{
+    loader::load_object,
+    maps::{ControlMaps, ControlPlane, maglev_slots},
+    plan::{Desired, DesiredBackend, DesiredService},
+    reconcile::Reconciler,
 };
 
 use super::{Measurement, Options, Ratio, Section};
@@ -88,12 +91,16 @@ const SERVICE: ServiceKey = ServiceKey {
     _pad: 0,
 };
 
-fn backend_ip(id: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 1)) + id)
+/// Backend `n` of the service (n = 0, 1, …; its id in the maps is the
+/// reconciler's to give, see `Bench::backend_ids`).
+fn backend_ip(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 1)) + n)
 }
 
-fn backend_mac(id: u32) -> Mac {
-    [0x02, 0, 0, 0x01, (id >> 8) as u8, id as u8]
+/// A backend's MAC (its permanent neighbour entry), from its address.
+fn backend_mac(ip: Ipv4Addr) -> Mac {
+    let [_, _, hi, lo] = ip.octets();
+    [0x02, 0, 0, 0x01, hi, lo]
 }
 
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
@@ -156,15 +163,22 @@ fn sport_of(frame: &[u8]) -> u16 {
 }
 
 // ---------------------------------------------------------------------------
-// The loaded wrappers and floors, with xdplb's maps filled as the agent
-// fills them.
+// The loaded wrappers and floors, with xdplb's control maps written by the
+// agent's reconciler.
 
 struct Bench {
+    /// The wrappers and xdplb's maps but the control maps.
     ebpf: Ebpf,
     floors: Ebpf,
+    /// xdplb's control maps, written only through the reconciler.
+    reconciler: Reconciler<ControlMaps>,
     ifindex: u32,
     _pins: PinDir,
-    backends: u32,
+    /// Backend n's id (BACKENDS, a flow's `backend`), backend n being at
+    /// `backend_ip(n)`.
+    backend_ids: Vec<u32>,
+    /// SERVICE's id (SERVICE_STATS, a flow's `service`).
+    service_id: u32,
 }
 
 /// What a timed run must leave in the counters.
@@ -184,16 +198,11 @@ impl Bench {
     fn start(max_flows: u32, backends: u32) -> Result<Bench> {
         testrun::pin_to_cpu(CPU)?;
         let mut neighbours: Vec<(Ipv4Addr, Mac)> = vec![(CLIENT, CLIENT_MAC)];
-        neighbours.extend((0..backends).map(|id| (backend_ip(id), backend_mac(id))));
+        neighbours.extend((0..backends).map(|n| (backend_ip(n), backend_mac(backend_ip(n)))));
         let ifindex = testrun::setup_lb0(LB_MAC, &format!("{SNAT}/8"), &neighbours)?;
         let pins = PinDir::create("xdplb-bench-")?;
         let table = table_size_for(backends as usize);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.path)
-            .map_max_entries(maps::FLOWS, max_flows)
-            .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * table)
-            .load(BENCH_XDP_OBJECT)
-            .with_context(|| format!("loading bench-xdp (pins in {})", pins.path.display()))?;
+        let mut ebpf = load_object(BENCH_XDP_OBJECT, &pins.path, max_flows, table)?;
         for name in PROGRAMS {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -211,79 +220,51 @@ impl Bench {
             prog.load()
                 .with_context(|| format!("the kernel rejected {name}"))?;
         }
-        let mut b = Bench {
+        let mut reconciler = Reconciler::adopt(ControlMaps::take(&mut ebpf)?, table)?;
+        let addrs: Vec<SocketAddrV4> = (0..backends).map(|n| addr(backend_ip(n), PORT)).collect();
+        reconciler.apply(&Desired {
+            snat_ip: SNAT,
+            nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
+            active: true,
+            ticks_per_s: lb_common::clock::ticks_per_s(std::time::Duration::from_millis(200))?,
+            services: vec![DesiredService {
+                name: "api".into(),
+                key: SERVICE,
+                backends: addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &addr)| DesiredBackend {
+                        name: format!("backend-{n}"),
+                        addr,
+                        weight: 1,
+                        local: false,
+                    })
+                    .collect(),
+            }],
+            vips: Default::default(),
+        })?;
+        let backend_ids = addrs
+            .iter()
+            .map(|&a| {
+                reconciler
+                    .backend_id_of(a)
+                    .ok_or_else(|| anyhow!("{a} has no backend id"))
+            })
+            .collect::<Result<_>>()?;
+        let service_id = reconciler
+            .maps()
+            .service(&SERVICE)?
+            .ok_or_else(|| anyhow!("the service is not in SERVICES"))?
+            .id;
+        Ok(Bench {
             ebpf,
             floors,
+            reconciler,
             ifindex,
             _pins: pins,
-            backends,
-        };
-        b.fill_service(table)?;
-        Ok(b)
-    }
-
-    /// As Reconciler::apply writes them: backends, the table into region 0,
-    /// then the service and CONFIG.
-    fn fill_service(&mut self, table: u32) -> Result<()> {
-        let mut members = Vec::new();
-        let backends = self.backends;
-        {
-            let mut m: Array<_, Backend> = self.map_mut(maps::BACKENDS)?.try_into()?;
-            for id in 0..backends {
-                let ip = backend_ip(id).octets();
-                m.set(
-                    id,
-                    Backend {
-                        ip,
-                        port: PORT.to_be_bytes(),
-                        flags: 0,
-                        _pad: 0,
-                    },
-                    0,
-                )
-                .with_context(|| format!("writing backend {id}"))?;
-                members.push(MaglevBackend {
-                    key: MaglevBackend::ipv4_key(ip, PORT.to_be_bytes()),
-                    weight: 1,
-                    id,
-                });
-            }
-        }
-        {
-            let mut m: Array<_, u32> = self.map_mut(maps::MAGLEV)?.try_into()?;
-            for (i, id) in build_table(&members, table).into_iter().enumerate() {
-                m.set(i as u32, id, 0).context("writing a Maglev slot")?;
-            }
-        }
-        {
-            let mut m: BpfHashMap<_, ServiceKey, Service> =
-                self.map_mut(maps::SERVICES)?.try_into()?;
-            m.insert(
-                SERVICE,
-                Service {
-                    id: 0,
-                    table_base: 0,
-                    table_size: table,
-                    flags: 0,
-                },
-                0,
-            )
-            .context("writing the service")?;
-        }
-        let mut m: Array<_, DataplaneConfig> = self.map_mut(maps::CONFIG)?.try_into()?;
-        m.set(
-            0,
-            DataplaneConfig {
-                snat_ip: SNAT.octets(),
-                nat_port_min: NAT_PORT_MIN,
-                nat_port_max: NAT_PORT_MAX,
-                flags: CONFIG_ACTIVE,
-                ticks_per_s: lb_common::clock::ticks_per_s(std::time::Duration::from_millis(200))?,
-            },
-            0,
-        )
-        .context("writing CONFIG")?;
-        Ok(())
+            backend_ids,
+            service_id,
+        })
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -322,7 +303,10 @@ impl Bench {
 
     fn new_flows(&self) -> Result<u64> {
         let m: PerCpuArray<&MapData, Traffic> = self.map(maps::SERVICE_STATS)?.try_into()?;
-        Ok(m.get(&0, 0)?.iter().map(|t| t.new_flows).sum())
+        Ok(m.get(&self.service_id, 0)?
+            .iter()
+            .map(|t| t.new_flows)
+            .sum())
     }
 
     /// Every FLOWS entry.
@@ -361,9 +345,7 @@ impl Bench {
     }
 
     /// The backend the program must pick for a new flow `src → VIP:PORT`.
-    fn maglev_choice(&self, src: SocketAddrV4) -> Result<u32> {
-        let services: BpfHashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?.try_into()?;
-        let svc = services.get(&SERVICE, 0)?;
+    fn maglev_choice(&self, src: SocketAddrV4) -> Result<SocketAddrV4> {
         let hash = flow_hash(
             src.ip().octets(),
             VIP.octets(),
@@ -371,8 +353,12 @@ impl Bench {
             PORT.to_be_bytes(),
             PROTO_TCP,
         );
-        let maglev: Array<_, u32> = self.map(maps::MAGLEV)?.try_into()?;
-        Ok(maglev.get(&(svc.table_base + hash % svc.table_size), 0)?)
+        let (_, b) = self
+            .reconciler
+            .maps()
+            .backend_for(&SERVICE, hash)?
+            .ok_or_else(|| anyhow!("the service has no backend for new flows"))?;
+        Ok(addr(Ipv4Addr::from(b.ip), u16::from_be_bytes(b.port)))
     }
 
     /// One run of the unwrapped entry program: checks the verdict, that
@@ -408,9 +394,14 @@ impl Bench {
 
     /// A new flow's first packet from `client` through the entry program:
     /// must go XDP_TX to its Maglev backend from a NAT port in range.
-    /// Returns (backend id, NAT port).
-    fn check_new_flow(&self, what: &str, client: SocketAddrV4, frame: &[u8]) -> Result<(u32, u16)> {
-        let id = self.maglev_choice(client)?;
+    /// Returns (backend, NAT port).
+    fn check_new_flow(
+        &self,
+        what: &str,
+        client: SocketAddrV4,
+        frame: &[u8],
+    ) -> Result<(SocketAddrV4, u16)> {
+        let backend = self.maglev_choice(client)?;
         let ran = self.run("bench_entry", frame, 1)?;
         ensure!(
             ran.frame.len() == frame.len(),
@@ -425,8 +416,8 @@ impl Bench {
         let expected = syn(
             LB_MAC,
             addr(SNAT, port),
-            backend_mac(id),
-            addr(backend_ip(id), PORT),
+            backend_mac(*backend.ip()),
+            backend,
         );
         ensure!(
             ran.return_value == XDP_TX,
@@ -443,10 +434,10 @@ impl Bench {
         };
         ensure!(
             masked(&ran.frame) == masked(&expected),
-            "{what}: output differs from SNAT:{port} → backend {id}\n  expected {expected:02x?}\n  got      {:02x?}",
+            "{what}: output differs from SNAT:{port} → backend {backend}\n  expected {expected:02x?}\n  got      {:02x?}",
             ran.frame
         );
-        Ok((id, port))
+        Ok((backend, port))
     }
 
     /// Times one of the hash-table floors (bench.rs) and checks every
@@ -609,8 +600,8 @@ fn per_packet(opts: Options) -> Result<Section> {
     let client = addr(CLIENT, 40000);
     let vip = addr(VIP, PORT);
     let first = syn(CLIENT_MAC, client, LB_MAC, vip);
-    let (id, nat_port) = b.check_new_flow("the hot connection's SYN", client, &first)?;
-    let backend = addr(backend_ip(id), PORT);
+    let (backend, nat_port) = b.check_new_flow("the hot connection's SYN", client, &first)?;
+    let backend_mac = backend_mac(*backend.ip());
     let snat = addr(SNAT, nat_port);
     let forward = data(CLIENT_MAC, client, LB_MAC, vip);
     b.check_once(
@@ -618,9 +609,9 @@ fn per_packet(opts: Options) -> Result<Section> {
         &forward,
         XDP_TX,
         Reason::TxForward,
-        &data(LB_MAC, snat, backend_mac(id), backend),
+        &data(LB_MAC, snat, backend_mac, backend),
     )?;
-    let reply = data(backend_mac(id), backend, LB_MAC, snat);
+    let reply = data(backend_mac, backend, LB_MAC, snat);
     b.check_once(
         "established reply",
         &reply,
@@ -893,7 +884,8 @@ fn rounds(
 /// spray client of index j → VIP, NATed to backend j % backends from a
 /// distinct NAT port, and its reply entry.
 fn fill_flows(b: &mut Bench, conns: u32) -> Result<()> {
-    let backends = b.backends;
+    let (ids, service) = (b.backend_ids.clone(), b.service_id);
+    let backends = ids.len() as u32;
     let span = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
     ensure!(
         conns / backends < span,
@@ -902,9 +894,9 @@ fn fill_flows(b: &mut Bench, conns: u32) -> Result<()> {
     let mut flows: BpfHashMap<_, FlowKey, Flow> = b.map_mut(maps::FLOWS)?.try_into()?;
     for j in 0..conns {
         let client = spray_client(j);
-        let id = j % backends;
+        let n = j % backends;
         let nat_port = (u32::from(NAT_PORT_MIN) + j / backends) as u16;
-        let backend = addr(backend_ip(id), PORT);
+        let backend = addr(backend_ip(n), PORT);
         let key = |src: SocketAddrV4, dst: SocketAddrV4| FlowKey {
             src: src.ip().octets(),
             dst: dst.ip().octets(),
@@ -919,8 +911,8 @@ fn fill_flows(b: &mut Bench, conns: u32) -> Result<()> {
             new_dst: new_dst.ip().octets(),
             new_sport: new_src.port().to_be_bytes(),
             new_dport: new_dst.port().to_be_bytes(),
-            backend: id,
-            service: 0,
+            backend: ids[n as usize],
+            service,
             tcp_seen: seen,
             dir,
             ..Flow::default()
@@ -983,7 +975,7 @@ fn scale_one(entries: u32, label: &str, repeat: u32, runs: usize) -> Result<Scal
     let vip = addr(VIP, PORT);
     let template = data(CLIENT_MAC, spray_client(0), LB_MAC, vip);
     for j in [0, conns - 1] {
-        let id = j % SCALE_BACKENDS;
+        let ip = backend_ip(j % SCALE_BACKENDS);
         let nat = addr(SNAT, (u32::from(NAT_PORT_MIN) + j / SCALE_BACKENDS) as u16);
         let frame = data(CLIENT_MAC, spray_client(j), LB_MAC, vip);
         b.check_once(
@@ -991,7 +983,7 @@ fn scale_one(entries: u32, label: &str, repeat: u32, runs: usize) -> Result<Scal
             &frame,
             XDP_TX,
             Reason::TxForward,
-            &data(LB_MAC, nat, backend_mac(id), addr(backend_ip(id), PORT)),
+            &data(LB_MAC, nat, backend_mac(ip), addr(ip, PORT)),
         )?;
     }
     let est = Expect {
@@ -1127,11 +1119,7 @@ pub fn memory(_opts: Options) -> Result<Section> {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     for (label, flows, table) in configs {
         let pins = PinDir::create("xdplb-bench-")?;
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.path)
-            .map_max_entries(maps::FLOWS, flows)
-            .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * table)
-            .load(BENCH_XDP_OBJECT)
+        let ebpf = load_object(BENCH_XDP_OBJECT, &pins.path, flows, table)
             .context("loading bench-xdp for its maps")?;
         let per_map: Vec<(&str, u64)> = XDPLB_MAPS
             .iter()
@@ -1147,7 +1135,10 @@ pub fn memory(_opts: Options) -> Result<Section> {
             mib(get(maps::FLOWS)),
         ));
         rows.push(one(
-            format!("MAGLEV ({MAX_SERVICES} services × 2 × {table}), {label}"),
+            format!(
+                "MAGLEV ({} slots: {MAX_SERVICES} services × 2 tables of {table}), {label}",
+                maglev_slots(table)
+            ),
             mib(get(maps::MAGLEV)),
         ));
         notes.push(format!(

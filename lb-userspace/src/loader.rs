@@ -66,18 +66,7 @@ impl Dataplane {
         } = opts;
         let link_path = pin_dir.join(maps::LINK_PIN);
         let adopting = link_path.exists();
-        check_pinned_maps(&pin_dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .map_max_entries(maps::FLOWS, max_flows)
-            .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size))
-            .load(XDPLB_OBJECT)
-            .with_context(|| {
-                format!(
-                    "loading the XDP object (maps pinned in {})",
-                    pin_dir.display()
-                )
-            })?;
+        let mut ebpf = load_object(XDPLB_OBJECT, &pin_dir, max_flows, table_size)?;
         let prog: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .ok_or_else(|| anyhow!("no program '{}' in the object", maps::XDP_PROGRAM))?
@@ -142,6 +131,29 @@ impl Dataplane {
         info!(iface = %self.iface, "XDP program detached and pins removed");
         Ok(())
     }
+}
+
+/// Loads `object` with its maps sized and pinned as the agent's are: FLOWS
+/// of `max_flows` entries, MAGLEV with room for every service's two tables
+/// of `table_size` ([`crate::maps::maglev_slots`]), each map pinned by name
+/// in `pin_dir` (a pinned one is reused, after checking it was made for
+/// this layout). `object` is [`XDPLB_OBJECT`], or one built around the same
+/// program and maps (the benchmark's wrappers); its programs are not loaded
+/// into the kernel yet. One place for these settings, so the lab's tests
+/// and the benchmark load the data plane the agent runs, not a copy.
+pub fn load_object(object: &[u8], pin_dir: &Path, max_flows: u32, table_size: u32) -> Result<Ebpf> {
+    check_pinned_maps(pin_dir)?;
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(maps::FLOWS, max_flows)
+        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size))
+        .load(object)
+        .with_context(|| {
+            format!(
+                "loading the XDP object (maps pinned in {})",
+                pin_dir.display()
+            )
+        })
 }
 
 /// The maps whose layout this build defines (lb-common's types), as the

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
 };
 use lb_common::{
     maps as names,
@@ -53,6 +53,29 @@ pub trait ControlPlane {
     fn backends(&self) -> Result<Vec<Backend>>;
     fn slot(&self, slot: u32) -> Result<u32>;
     fn config(&self) -> Result<DataplaneConfig>;
+    /// SERVICES' entry for `key`, if there is one.
+    fn service(&self, key: &ServiceKey) -> Result<Option<Service>>;
+    /// BACKENDS[id].
+    fn backend(&self, id: u32) -> Result<Backend>;
+
+    /// The backend id, and its BACKENDS entry, that the data plane gives a
+    /// new flow of service `key` whose Maglev hash
+    /// (`lb_common::flow::flow_hash`) is `hash`, as the maps hold them now;
+    /// None if there is no such service or no backend takes new flows
+    /// (`table_size` 0). The same reads as the data plane's
+    /// (lb-ebpf/src/conntrack.rs): SERVICES, then the live table's slot
+    /// `hash % table_size`, then BACKENDS. So the lab's tests and the
+    /// benchmark predict its pick without a copy of the layout.
+    fn backend_for(&self, key: &ServiceKey, hash: u32) -> Result<Option<(u32, Backend)>> {
+        let Some(svc) = self.service(key)? else {
+            return Ok(None);
+        };
+        if svc.table_size == 0 {
+            return Ok(None);
+        }
+        let id = self.slot(svc.table_base + hash % svc.table_size)?;
+        Ok(Some((id, self.backend(id)?)))
+    }
 }
 
 /// The kernel's control maps, typed.
@@ -133,6 +156,18 @@ impl ControlPlane for ControlMaps {
     }
     fn config(&self) -> Result<DataplaneConfig> {
         self.config.get(&0, 0).context("reading CONFIG")
+    }
+    fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
+        match self.services.get(key, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading a SERVICES entry"),
+        }
+    }
+    fn backend(&self, id: u32) -> Result<Backend> {
+        self.backends
+            .get(&id, 0)
+            .with_context(|| format!("reading BACKENDS[{id}]"))
     }
 }
 
@@ -225,5 +260,122 @@ impl ControlPlane for MemMaps {
     }
     fn config(&self) -> Result<DataplaneConfig> {
         Ok(self.config)
+    }
+    fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
+        Ok(self.services.get(key).copied())
+    }
+    fn backend(&self, id: u32) -> Result<Backend> {
+        self.backends
+            .get(id as usize)
+            .copied()
+            .ok_or_else(|| anyhow!("BACKENDS[{id}] out of range"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        net::{Ipv4Addr, SocketAddrV4},
+    };
+
+    use lb_common::maglev::{MaglevBackend, build_table};
+
+    use super::*;
+    use crate::{
+        plan::{Desired, DesiredBackend, DesiredService},
+        reconcile::Reconciler,
+    };
+
+    const TABLE: u32 = 251;
+    const KEY: ServiceKey = ServiceKey {
+        vip: [192, 168, 31, 1],
+        port: 6443u16.to_be_bytes(),
+        proto: 6,
+        _pad: 0,
+    };
+
+    fn addr(i: usize) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + i as u8), 6443)
+    }
+
+    /// One service, backend `i` of weight `weights[i]`.
+    fn desired(weights: &[u32]) -> Desired {
+        Desired {
+            snat_ip: Ipv4Addr::new(10, 0, 0, 250),
+            nat_ports: (20000, 29999),
+            active: true,
+            ticks_per_s: 250,
+            services: vec![DesiredService {
+                name: "api".into(),
+                key: KEY,
+                backends: weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &weight)| DesiredBackend {
+                        name: format!("b{i}"),
+                        addr: addr(i),
+                        weight,
+                        local: false,
+                    })
+                    .collect(),
+            }],
+            vips: BTreeSet::new(),
+        }
+    }
+
+    /// backend_for against a Maglev table built here from the weights and
+    /// the reconciler's ids: the pick of every slot, through changes that
+    /// flip the live half (whose stale twin names a backend the new table
+    /// does not, so reading the wrong half shows), down to no backend.
+    #[test]
+    fn backend_for_reads_the_live_table() {
+        let mut r = Reconciler::adopt(MemMaps::new(TABLE), TABLE).unwrap();
+        assert_eq!(r.maps().backend_for(&KEY, 7).unwrap(), None, "no service");
+        for weights in [
+            &[1, 1, 1][..],
+            &[1, 0, 1],
+            &[2, 1, 1],
+            &[0, 0, 0],
+            &[1, 1, 0],
+        ] {
+            let d = desired(weights);
+            r.apply(&d).unwrap();
+            let members: Vec<MaglevBackend> = d.services[0]
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0)
+                .map(|b| MaglevBackend {
+                    key: MaglevBackend::ipv4_key(b.addr.ip().octets(), b.addr.port().to_be_bytes()),
+                    weight: b.weight,
+                    id: r.backend_id_of(b.addr).unwrap(),
+                })
+                .collect();
+            let table = build_table(&members, TABLE);
+            for hash in (0..TABLE).chain([TABLE, 0xdead_beef, u32::MAX]) {
+                let want = table.get((hash % TABLE) as usize).map(|&id| {
+                    let a = d.services[0]
+                        .backends
+                        .iter()
+                        .find(|b| r.backend_id_of(b.addr) == Some(id))
+                        .unwrap()
+                        .addr;
+                    let b = Backend {
+                        ip: a.ip().octets(),
+                        port: a.port().to_be_bytes(),
+                        flags: 0,
+                        _pad: 0,
+                    };
+                    (id, b)
+                });
+                assert_eq!(
+                    r.maps().backend_for(&KEY, hash).unwrap(),
+                    want,
+                    "weights {weights:?}, hash {hash}"
+                );
+            }
+        }
+        let other = ServiceKey { proto: 17, ..KEY };
+        assert_eq!(r.maps().backend_for(&other, 7).unwrap(), None);
     }
 }

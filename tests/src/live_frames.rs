@@ -34,18 +34,21 @@ use std::{
 use anyhow::{Context, Result, anyhow, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use bytemuck::Zeroable;
 use lb_common::{
-    maglev::{MaglevBackend, build_table},
     maps,
-    service::{
-        Backend, CONFIG_ACTIVE, DataplaneConfig, MAX_SERVICES, PROTO_TCP, Service, ServiceKey,
-    },
+    service::{PROTO_TCP, ServiceKey},
     stats::{Counter, Reason, ReasonTotals, Traffic},
     wire::TCP_ACK,
+};
+use lb_userspace::{
+    loader,
+    maps::{ControlMaps, ControlPlane},
+    plan::{Desired, DesiredBackend, DesiredService},
+    reconcile::Reconciler,
 };
 
 use crate::{
@@ -254,6 +257,8 @@ pub struct Rig {
     drop_floor: Ebpf,
     tx_floor: Ebpf,
     xdplb: Ebpf,
+    /// The service's id in xdplb's maps (SERVICE_STATS).
+    xdplb_service: u32,
     warm: bool,
 }
 
@@ -284,7 +289,7 @@ impl Rig {
             .context("attaching the sink xdp_count_drop to gen0 (native)")?;
         let drop_floor = lab_program("xdp_count_drop")?;
         let tx_floor = lab_program("xdp_tx_floor")?;
-        let xdplb = load_xdplb(pins)?;
+        let (xdplb, xdplb_service) = load_xdplb(pins)?;
         let gen_ifindex = nix::net::if_::if_nametoindex("gen0").context("gen0's ifindex")?;
         Ok(Rig {
             opts,
@@ -296,6 +301,7 @@ impl Rig {
             drop_floor,
             tx_floor,
             xdplb,
+            xdplb_service,
             warm: false,
         })
     }
@@ -416,7 +422,11 @@ impl Rig {
                 .map(maps::SERVICE_STATS)
                 .ok_or_else(|| anyhow!("no {}", maps::SERVICE_STATS))?
                 .try_into()?;
-            let new_flows = stats.get(&0, 0)?.iter().map(|t| t.new_flows).sum();
+            let new_flows = stats
+                .get(&self.xdplb_service, 0)?
+                .iter()
+                .map(|t| t.new_flows)
+                .sum();
             Some((reasons, new_flows))
         } else {
             None
@@ -581,83 +591,49 @@ fn lab_count(ebpf: &Ebpf) -> Result<u64> {
     Ok(m.get(&0, 0)?.iter().sum())
 }
 
-/// xdplb loaded with its maps pinned in `pins`, filled as the agent's
-/// reconciler would for one service VIP:6443/tcp of three backends.
-fn load_xdplb(pins: &std::path::Path) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pins)
-        .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * TABLE_SIZE)
-        .load(XDPLB_OBJECT)
-        .with_context(|| format!("loading xdplb (pins in {})", pins.display()))?;
+/// xdplb loaded as the agent loads it, with its maps pinned in `pins`, the
+/// agent's reconciler writing the control maps for one service
+/// VIP:6443/tcp of three backends. Returns it and the service's id.
+fn load_xdplb(pins: &std::path::Path) -> Result<(Ebpf, u32)> {
+    let mut ebpf = loader::load_object(XDPLB_OBJECT, pins, maps::DEFAULT_MAX_FLOWS, TABLE_SIZE)?;
     xdp(&mut ebpf, maps::XDP_PROGRAM)?
         .load()
         .context("the kernel rejected xdplb")?;
-
-    let mut config: Array<_, DataplaneConfig> = ebpf
-        .map_mut(maps::CONFIG)
-        .ok_or_else(|| anyhow!("no CONFIG"))?
-        .try_into()?;
-    config.set(
-        0,
-        DataplaneConfig {
-            snat_ip: SNAT.octets(),
-            nat_port_min: NAT_PORTS.0,
-            nat_port_max: NAT_PORTS.1,
-            flags: CONFIG_ACTIVE,
-            ticks_per_s: lb_common::clock::ticks_per_s(std::time::Duration::from_millis(200))?,
-        },
-        0,
-    )?;
-    let mut backends: Array<_, Backend> = ebpf
-        .map_mut(maps::BACKENDS)
-        .ok_or_else(|| anyhow!("no BACKENDS"))?
-        .try_into()?;
-    let mut members = Vec::new();
-    for (id, (ip, _)) in BACKENDS.iter().enumerate() {
-        let id = id as u32;
-        backends.set(
-            id,
-            Backend {
-                ip: ip.octets(),
-                port: PORT.to_be_bytes(),
-                flags: 0,
-                _pad: 0,
-            },
-            0,
-        )?;
-        members.push(MaglevBackend {
-            key: MaglevBackend::ipv4_key(ip.octets(), PORT.to_be_bytes()),
-            weight: 1,
-            id,
-        });
-    }
-    let mut maglev: Array<_, u32> = ebpf
-        .map_mut(maps::MAGLEV)
-        .ok_or_else(|| anyhow!("no MAGLEV"))?
-        .try_into()?;
-    for (i, &id) in build_table(&members, TABLE_SIZE).iter().enumerate() {
-        maglev.set(i as u32, id, 0)?;
-    }
-    let mut services: BpfHashMap<_, ServiceKey, Service> = ebpf
-        .map_mut(maps::SERVICES)
-        .ok_or_else(|| anyhow!("no SERVICES"))?
-        .try_into()?;
-    services.insert(
-        ServiceKey {
-            vip: VIP.octets(),
-            port: PORT.to_be_bytes(),
-            proto: PROTO_TCP,
-            _pad: 0,
-        },
-        Service {
-            id: 0,
-            table_base: 0,
-            table_size: TABLE_SIZE,
-            flags: 0,
-        },
-        0,
-    )?;
-    Ok(ebpf)
+    // The control maps stay in the kernel with the program (and pinned)
+    // when the reconciler goes.
+    let mut reconciler = Reconciler::adopt(ControlMaps::take(&mut ebpf)?, TABLE_SIZE)?;
+    let key = ServiceKey {
+        vip: VIP.octets(),
+        port: PORT.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    reconciler.apply(&Desired {
+        snat_ip: SNAT,
+        nat_ports: NAT_PORTS,
+        active: true,
+        ticks_per_s: lb_common::clock::ticks_per_s(Duration::from_millis(200))?,
+        services: vec![DesiredService {
+            name: "api".into(),
+            key,
+            backends: BACKENDS
+                .iter()
+                .enumerate()
+                .map(|(i, (ip, _))| DesiredBackend {
+                    name: format!("backend-{i}"),
+                    addr: SocketAddrV4::new(*ip, PORT),
+                    weight: 1,
+                    local: false,
+                })
+                .collect(),
+        }],
+        vips: Default::default(),
+    })?;
+    let service = reconciler
+        .maps()
+        .service(&key)?
+        .ok_or_else(|| anyhow!("the service is not in SERVICES"))?;
+    Ok((ebpf, service.id))
 }
 
 /// Removes namespaces of runs whose process is gone (their pin directories

@@ -3,12 +3,13 @@
 //! an input frame, the verdict and reason the program must give, and the
 //! frame it must leave behind, compared byte for byte.
 //!
-//! Every test loads its own copy of xdplb, with the maps pinned in a
-//! directory of its own on bpffs (removed on drop), fills the maps the way
-//! the agent's reconciler does, and runs on a thread in a network namespace
-//! of its own, which vanishes with the thread. In that namespace one veth
-//! end, `lb0`, holds the LB's address 10.0.0.2/24, IPv4 forwarding is on,
-//! and the client and the backends have permanent neighbour entries. The
+//! Every test loads its own copy of xdplb as the agent does, with the maps
+//! pinned in a directory of its own on bpffs (removed on drop), has the
+//! agent's reconciler write the control maps from a desired state, and
+//! runs on a thread in a network namespace of its own, which vanishes with
+//! the thread. In that namespace one veth end, `lb0`, holds the LB's
+//! address 10.0.0.2/24, IPv4 forwarding is on, and the client and the
+//! backends have permanent neighbour entries. The
 //! test runs name lb0 as the ingress interface (`xdp_md.ingress_ifindex` in
 //! `ctx_in`, kernel 5.12+, resolved in the caller's namespace), so the
 //! program's `bpf_fib_lookup` routes in that namespace as on a node: a NATed
@@ -20,13 +21,14 @@
 //! Needs root (BPF, namespaces), like the lab tests.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray},
+    Ebpf,
+    maps::{HashMap as BpfHashMap, Map, PerCpuArray},
     programs::Xdp,
 };
 use lab::{
@@ -40,14 +42,16 @@ use lb_common::{
     flow::{
         DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, NextHop, SEEN_ACK, SEEN_SYN, flow_hash,
     },
-    maglev::{MaglevBackend, build_table},
     maps,
-    service::{
-        BACKEND_LOCAL, Backend, CONFIG_ACTIVE, DataplaneConfig, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
-        Service, ServiceKey,
-    },
+    service::{DataplaneConfig, PROTO_TCP, PROTO_UDP, ServiceKey},
     stats::{Counter, Reason, ReasonTotals},
     wire::{ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_SYN},
+};
+use lb_userspace::{
+    loader,
+    maps::{ControlMaps, ControlPlane},
+    plan::{Desired, DesiredBackend, DesiredService},
+    reconcile::Reconciler,
 };
 
 // ---------------------------------------------------------------------------
@@ -70,10 +74,11 @@ const BACKEND_HOSTS: [(Ipv4Addr, Mac); 3] = [
     (Ipv4Addr::new(10, 0, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
 ];
 
-/// The TCP service: VIP:6443 → backends :6443 (ids 0, 1, 2).
+/// The TCP service: VIP:6443 → backends :6443.
 const API_PORT: u16 = 6443;
-/// The UDP service: VIP:53 → backends :5353 (ids 3, 4, 5), a port change,
-/// so the destination port rewrite is exercised too.
+/// The UDP service: VIP:53 → backends :5353, a port change, so the
+/// destination port rewrite is exercised too. (Backend and service ids are
+/// the reconciler's to give: ask it, [`Dataplane::backend_id`].)
 const DNS_PORT: u16 = 53;
 const DNS_BACKEND_PORT: u16 = 5353;
 
@@ -94,15 +99,6 @@ const UDP_SERVICE: ServiceKey = ServiceKey {
     port: DNS_PORT.to_be_bytes(),
     proto: PROTO_UDP,
     _pad: 0,
-};
-
-const ACTIVE: DataplaneConfig = DataplaneConfig {
-    snat_ip: SNAT.octets(),
-    nat_port_min: NAT_PORT_MIN,
-    nat_port_max: NAT_PORT_MAX,
-    flags: CONFIG_ACTIVE,
-    // Any rate works here: nothing in these tests waits for a second.
-    ticks_per_s: 250,
 };
 
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
@@ -386,76 +382,96 @@ fn setup_network() -> u32 {
 }
 
 struct Dataplane {
+    /// The program and the maps the reconciler does not write (FLOWS, the
+    /// counters).
     ebpf: Ebpf,
+    /// The control maps, written only through the agent's reconciler.
+    reconciler: Reconciler<ControlMaps>,
+    /// What was last applied; tests change it with [`Dataplane::change`].
+    desired: Desired,
     ifindex: u32,
     _pins: PinDir,
 }
 
+/// The node's two services, each over the three backend hosts, active.
+fn desired() -> Desired {
+    let service = |name: &str, key, port| DesiredService {
+        name: name.into(),
+        key,
+        backends: BACKEND_HOSTS
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, _))| DesiredBackend {
+                name: format!("{name}-{i}"),
+                addr: addr(*ip, port),
+                weight: 1,
+                local: false,
+            })
+            .collect(),
+    };
+    Desired {
+        snat_ip: SNAT,
+        nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
+        active: true,
+        // Any rate works here: nothing in these tests waits for a second.
+        ticks_per_s: 250,
+        services: vec![
+            service("api", TCP_SERVICE, API_PORT),
+            service("dns", UDP_SERVICE, DNS_BACKEND_PORT),
+        ],
+        vips: BTreeSet::new(),
+    }
+}
+
 impl Dataplane {
-    /// xdplb loaded (not attached) in this thread's namespace, with the maps
-    /// as the agent writes them for the two services.
+    /// xdplb loaded (not attached) in this thread's namespace as the agent
+    /// loads it, its control maps written by the agent's reconciler for the
+    /// two services.
     fn start() -> Dataplane {
         let ifindex = setup_network();
         let pins = PinDir::create(PIN_PREFIX).unwrap_or_else(|e| panic!("{e:#}"));
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.path)
-            .map_max_entries(maps::FLOWS, MAX_FLOWS)
-            .map_max_entries(maps::MAGLEV, MAX_SERVICES * 2 * TABLE_SIZE)
-            .load(XDPLB_OBJECT)
-            .unwrap_or_else(|e| panic!("loading xdplb (pins in {}): {e}", pins.path.display()));
+        let mut ebpf = loader::load_object(XDPLB_OBJECT, &pins.path, MAX_FLOWS, TABLE_SIZE)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let prog: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .expect("no program xdplb in the object")
             .try_into()
             .expect("xdplb is not an XDP program");
         prog.load().expect("the kernel rejected xdplb");
+        let control = ControlMaps::take(&mut ebpf).unwrap_or_else(|e| panic!("{e:#}"));
+        let reconciler = Reconciler::adopt(control, TABLE_SIZE).unwrap_or_else(|e| panic!("{e:#}"));
         let mut dp = Dataplane {
             ebpf,
+            reconciler,
+            desired: desired(),
             ifindex,
             _pins: pins,
         };
-        dp.set_config(ACTIVE);
-        // As Reconciler::apply writes them: backends, then each service's
-        // table into region 0 of its two, then the service.
-        for (service_id, key, port) in [
-            (0, TCP_SERVICE, API_PORT),
-            (1, UDP_SERVICE, DNS_BACKEND_PORT),
-        ] {
-            let first_id = service_id * 3;
-            let members: Vec<MaglevBackend> = BACKEND_HOSTS
-                .iter()
-                .enumerate()
-                .map(|(i, (ip, _))| {
-                    let id = first_id + i as u32;
-                    dp.set_backend(
-                        id,
-                        Backend {
-                            ip: ip.octets(),
-                            port: port.to_be_bytes(),
-                            flags: 0,
-                            _pad: 0,
-                        },
-                    );
-                    MaglevBackend {
-                        key: MaglevBackend::ipv4_key(ip.octets(), port.to_be_bytes()),
-                        weight: 1,
-                        id,
-                    }
-                })
-                .collect();
-            let base = service_id * 2 * TABLE_SIZE;
-            dp.set_maglev(base, &build_table(&members, TABLE_SIZE));
-            dp.set_service(
-                key,
-                Service {
-                    id: service_id,
-                    table_base: base,
-                    table_size: TABLE_SIZE,
-                    flags: 0,
-                },
-            );
-        }
+        dp.change(|_| ());
         dp
+    }
+
+    /// Changes the desired state and has the reconciler write it, as the
+    /// agent does on a reload, a health change or a VRRP transition.
+    fn change(&mut self, f: impl FnOnce(&mut Desired)) {
+        f(&mut self.desired);
+        self.reconciler
+            .apply(&self.desired)
+            .unwrap_or_else(|e| panic!("applying {:?}: {e:#}", self.desired));
+    }
+
+    /// The TCP service's backends' weights, in BACKEND_HOSTS order.
+    fn set_api_weights(&mut self, weights: [u32; 3]) {
+        self.change(|d| {
+            let api = d
+                .services
+                .iter_mut()
+                .find(|s| s.key == TCP_SERVICE)
+                .unwrap();
+            for (b, w) in api.backends.iter_mut().zip(weights) {
+                b.weight = w;
+            }
+        });
     }
 
     fn map(&self, name: &str) -> &Map {
@@ -470,40 +486,26 @@ impl Dataplane {
             .unwrap_or_else(|| panic!("no map {name} in xdplb"))
     }
 
-    fn set_config(&mut self, config: DataplaneConfig) {
-        let mut m: Array<_, DataplaneConfig> = self.map_mut(maps::CONFIG).try_into().unwrap();
-        m.set(0, config, 0).expect("writing CONFIG");
-    }
-
     fn config(&self) -> DataplaneConfig {
-        let m: Array<_, DataplaneConfig> = self.map(maps::CONFIG).try_into().unwrap();
-        m.get(&0, 0).expect("reading CONFIG")
+        self.reconciler.maps().config().expect("reading CONFIG")
     }
 
-    fn set_backend(&mut self, id: u32, backend: Backend) {
-        let mut m: Array<_, Backend> = self.map_mut(maps::BACKENDS).try_into().unwrap();
-        m.set(id, backend, 0)
-            .unwrap_or_else(|e| panic!("writing backend {id}: {e}"));
+    /// The id the reconciler gave the backend at `addr`.
+    fn backend_id(&self, addr: SocketAddrV4) -> u32 {
+        self.reconciler
+            .backend_id_of(addr)
+            .unwrap_or_else(|| panic!("{addr} has no backend id"))
     }
 
-    fn set_maglev(&mut self, base: u32, table: &[u32]) {
-        let mut m: Array<_, u32> = self.map_mut(maps::MAGLEV).try_into().unwrap();
-        for (i, &id) in table.iter().enumerate() {
-            m.set(base + i as u32, id, 0)
-                .expect("writing a Maglev slot");
-        }
-    }
-
-    fn set_service(&mut self, key: ServiceKey, service: Service) {
-        let mut m: BpfHashMap<_, ServiceKey, Service> =
-            self.map_mut(maps::SERVICES).try_into().unwrap();
-        m.insert(key, service, 0).expect("writing a service");
-    }
-
-    fn remove_service(&mut self, key: ServiceKey) {
-        let mut m: BpfHashMap<_, ServiceKey, Service> =
-            self.map_mut(maps::SERVICES).try_into().unwrap();
-        m.remove(&key).expect("removing a service");
+    /// The id the reconciler gave the service (what flows and SERVICE_STATS
+    /// carry).
+    fn service_id(&self, key: ServiceKey) -> u32 {
+        self.reconciler
+            .maps()
+            .service(&key)
+            .expect("reading SERVICES")
+            .expect("the service is in SERVICES")
+            .id
     }
 
     /// Fills FLOWS from userspace with made-up flows (192.0.2.x clients)
@@ -538,15 +540,12 @@ impl Dataplane {
         dst: SocketAddrV4,
         proto: u8,
     ) -> (u32, SocketAddrV4) {
-        let services: BpfHashMap<_, ServiceKey, Service> =
-            self.map(maps::SERVICES).try_into().unwrap();
         let key = ServiceKey {
             vip: dst.ip().octets(),
             port: dst.port().to_be_bytes(),
             proto,
             _pad: 0,
         };
-        let svc = services.get(&key, 0).expect("the service of the flow");
         let hash = flow_hash(
             src.ip().octets(),
             dst.ip().octets(),
@@ -554,12 +553,12 @@ impl Dataplane {
             dst.port().to_be_bytes(),
             proto,
         );
-        let maglev: Array<_, u32> = self.map(maps::MAGLEV).try_into().unwrap();
-        let id = maglev
-            .get(&(svc.table_base + hash % svc.table_size), 0)
-            .unwrap();
-        let backends: Array<_, Backend> = self.map(maps::BACKENDS).try_into().unwrap();
-        let b = backends.get(&id, 0).unwrap();
+        let (id, b) = self
+            .reconciler
+            .maps()
+            .backend_for(&key, hash)
+            .expect("reading the control maps")
+            .unwrap_or_else(|| panic!("{dst}/{proto} has no backend for new flows"));
         (id, addr(Ipv4Addr::from(b.ip), u16::from_be_bytes(b.port)))
     }
 
@@ -1379,7 +1378,7 @@ fn udp_service_is_nated_with_and_without_checksum() {
 fn inactive_node_passes_vip_traffic() {
     in_own_netns("inactive_node_passes_vip_traffic", || {
         let mut dp = Dataplane::start();
-        dp.set_config(DataplaneConfig { flags: 0, ..ACTIVE });
+        dp.change(|d| d.active = false);
         dp.check(&Case::pass(
             "9 SYN to the VIP on a backup",
             syn(client_to_vip(40000)).build(),
@@ -1390,9 +1389,9 @@ fn inactive_node_passes_vip_traffic() {
         // Demoted with a connection NATed here: its client's packets are
         // the new master's now; its backend's replies still come here and
         // are served.
-        dp.set_config(ACTIVE);
+        dp.change(|d| d.active = true);
         let (conn, backend_mac) = establish(&dp, 40001);
-        dp.set_config(DataplaneConfig { flags: 0, ..ACTIVE });
+        dp.change(|d| d.active = false);
         dp.check(&Case::pass(
             "9 a demoted node's established connection, client side",
             request(client_to_vip(40001)).build(),
@@ -1413,14 +1412,14 @@ fn inactive_node_passes_vip_traffic() {
 fn service_without_backends_passes() {
     in_own_netns("service_without_backends_passes", || {
         let mut dp = Dataplane::start();
-        dp.set_service(
-            TCP_SERVICE,
-            Service {
-                id: 0,
-                table_base: 0,
-                table_size: 0,
-                flags: 0,
-            },
+        // Every backend down or drained (weight 0): the reconciler writes
+        // the service with table_size 0.
+        dp.set_api_weights([0, 0, 0]);
+        let entry = dp.reconciler.maps().service(&TCP_SERVICE).unwrap();
+        assert_eq!(
+            entry.map(|s| s.table_size),
+            Some(0),
+            "SERVICES entry {entry:?}"
         );
         dp.check(&Case::pass(
             "10 SYN to a service with table_size 0",
@@ -1437,16 +1436,21 @@ fn service_without_backends_passes() {
 fn local_backend_is_delivered_locally() {
     in_own_netns("local_backend_is_delivered_locally", || {
         let mut dp = Dataplane::start();
-        dp.set_backend(
-            0,
-            Backend {
-                ip: SNAT.octets(),
-                port: API_PORT.to_be_bytes(),
-                flags: BACKEND_LOCAL,
-                _pad: 0,
-            },
-        );
-        dp.set_maglev(0, &[0; TABLE_SIZE as usize]);
+        let local_backend = addr(SNAT, API_PORT);
+        dp.change(|d| {
+            let api = d
+                .services
+                .iter_mut()
+                .find(|s| s.key == TCP_SERVICE)
+                .unwrap();
+            api.backends = vec![DesiredBackend {
+                name: "this node".into(),
+                addr: local_backend,
+                weight: 1,
+                local: true,
+            }];
+        });
+        let (backend, service) = (dp.backend_id(local_backend), dp.service_id(TCP_SERVICE));
         dp.check(&Case::pass(
             "11 SYN whose Maglev backend is local",
             syn(client_to_vip(40000)).build(),
@@ -1456,8 +1460,8 @@ fn local_backend_is_delivered_locally() {
             vec![(
                 flow_key(addr(CLIENT, 40000), addr(VIP, API_PORT), PROTO_TCP),
                 Flow {
-                    backend: 0,
-                    service: 0,
+                    backend,
+                    service,
                     tcp_seen: seen,
                     dir: DIR_FORWARD,
                     flags: FLOW_LOCAL,
@@ -1481,12 +1485,9 @@ fn local_backend_is_delivered_locally() {
 fn nat_port_exhaustion_drops_new_flows() {
     in_own_netns("nat_port_exhaustion_drops_new_flows", || {
         let mut dp = Dataplane::start();
-        dp.set_config(DataplaneConfig {
-            nat_port_min: 20000,
-            nat_port_max: 20000,
-            ..ACTIVE
-        });
-        dp.set_maglev(0, &[0; TABLE_SIZE as usize]);
+        dp.change(|d| d.nat_ports = (20000, 20000));
+        // Every new flow to BACKEND_HOSTS[0].
+        dp.set_api_weights([1, 0, 0]);
         let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
         let backend_mac = BACKEND_HOSTS[0].1;
         let snat = addr(SNAT, 20000);
@@ -1522,8 +1523,8 @@ fn nat_port_exhaustion_drops_new_flows() {
             vip: addr(VIP, API_PORT),
             snat,
             backend,
-            backend_id: 0,
-            service: 0,
+            backend_id: dp.backend_id(backend),
+            service: dp.service_id(TCP_SERVICE),
             proto: PROTO_TCP,
         };
         assert_flows(&dp, "port exhaustion", &conn.flows(SEEN_SYN | SEEN_ACK, 0));
@@ -1590,7 +1591,7 @@ fn removed_service_drains_its_connections() {
     in_own_netns("removed_service_drains_its_connections", || {
         let mut dp = Dataplane::start();
         let (conn, backend_mac) = establish(&dp, 40000);
-        dp.remove_service(TCP_SERVICE);
+        dp.change(|d| d.services.retain(|s| s.key != TCP_SERVICE));
         conn.both_ways(
             &dp,
             backend_mac,
