@@ -3,6 +3,8 @@
 //! connection goes to the same backend whatever happens to the backend set.
 //! Only the TCP flags ageing needs are recorded; the agent ages flows.
 
+use core::ptr::{NonNull, read_volatile, write_volatile};
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::generated::bpf_jiffies64,
@@ -64,28 +66,115 @@ pub fn now() -> u64 {
     unsafe { bpf_jiffies64() }
 }
 
-/// Records what ageing needs, writing the shared entry only when something
-/// changed (new flags, or `second` ticks have passed), so established
-/// traffic on several CPUs doesn't bounce its cache line.
-#[inline(always)]
-pub fn touch(flow: &mut Flow, tcp_flags: u8, t: u64, second: u64) {
-    let seen = seen_bits(tcp_flags);
-    if flow.tcp_seen | seen != flow.tcp_seen {
-        flow.tcp_seen |= seen;
+/// A FLOWS entry this packet found: a pointer, never a `&mut Flow`.
+///
+/// The entry is shared memory. Other CPUs may run this program on packets
+/// of the same half and write the same fields (RSS keeps a direction on one
+/// queue only until its indirection table changes, and a veth runs XDP on
+/// whichever CPU sent the frame); the agent deletes entries while we hold
+/// the pointer; and FLOWS is preallocated, so a deleted element goes
+/// straight back to the free list (kernel/bpf/hashtab.c, free_htab_elem →
+/// pcpu_freelist_push) and another CPU's insert may fill it with another
+/// connection while we still use it. RCU keeps the memory mapped until we
+/// return, not its contents ours. A `&mut` would tell the compiler nobody
+/// else touches it, so it could read a field twice and see two values, or
+/// fold our writes together.
+///
+/// So, as C programs do with READ_ONCE/WRITE_ONCE (Cilium's conntrack:
+/// `__ct_update_timeout`): the packet path copies the entry out once
+/// ([`FlowRef::read`]) and decides everything on that copy, and writes
+/// single fields with volatile stores, aligned stores of 1, 4 (the hop's
+/// four words) or 8 bytes that no CPU sees half done. The races left are
+/// tolerated:
+///
+/// - Two CPUs stamping `last_seen`: both write a clock reading of this
+///   second; the earlier may win, which ages the flow a tick early.
+/// - Two CPUs adding `tcp_seen` bits: a read-modify-write, so one CPU's
+///   bit can be lost; the next packet carrying that flag sets it again
+///   (`touch` writes whenever the copy lacks a bit), and meanwhile the
+///   flow only ages by the timeout of the state before.
+/// - Two CPUs refreshing the next hop: both write what the FIB said a
+///   moment ago. A reader may pair one `hop_at` with the other's `hop`,
+///   or see a MAC half old, half new; a zero `hop` (never cached) has
+///   ifindex 0, which no redirect accepts, so that packet goes to the
+///   kernel (`PassFibOther`). At worst one packet is lost and retransmitted.
+/// - The entry deleted, or reused for another connection, between the
+///   lookup and our writes: this one packet is rewritten from the copy
+///   (the connection it was looked up for, or, if the copy was torn, a
+///   mix whose checksums still match what was written), and our writes
+///   land in the new connection's entry: a `last_seen` of now (it was just
+///   created), the flags of this packet, and, rarely, a next hop of this
+///   packet's (`cache_hop` skips it unless `hop_at` is still what we read,
+///   and a new entry's is its creation time or 0). The agent only deletes
+///   flows idle past their timeout, so a packet arriving just then was
+///   racing the expiry anyway.
+#[derive(Clone, Copy)]
+pub struct FlowRef(NonNull<Flow>);
+
+impl FlowRef {
+    /// The entry as it is now, read once, word by word (maps::read_once):
+    /// everything the packet needs, so the path never reads the shared
+    /// entry again. All seven words are used by an established packet.
+    #[inline(always)]
+    pub fn read(self) -> Flow {
+        // SAFETY: a FLOWS value pointer from this run's lookup.
+        unsafe { maps::read_once::<Flow, [u64; 7]>(self.0.as_ptr()) }
     }
-    if t.wrapping_sub(flow.last_seen) >= second {
-        flow.last_seen = t;
+
+    /// Records what ageing needs, writing the shared entry only when
+    /// something changed (new flags, or `second` ticks have passed), so
+    /// established traffic on several CPUs doesn't bounce its cache line.
+    /// `flow`: this packet's copy of the entry.
+    #[inline(always)]
+    pub fn touch(self, flow: &Flow, tcp_flags: u8, t: u64, second: u64) {
+        let p = self.0.as_ptr();
+        let seen = seen_bits(tcp_flags);
+        if flow.tcp_seen | seen != flow.tcp_seen {
+            // Added to the entry as it is now, not to our copy, so bits
+            // another CPU set since (or a reusing flow's own) are kept.
+            // SAFETY: in the entry (see above); u8, so never misaligned.
+            unsafe {
+                let tcp_seen = &raw mut (*p).tcp_seen;
+                write_volatile(tcp_seen, read_volatile(tcp_seen) | seen);
+            }
+        }
+        if t.wrapping_sub(flow.last_seen) >= second {
+            // SAFETY: as above; an aligned u64 (Flow is 8-aligned).
+            unsafe { write_volatile(&raw mut (*p).last_seen, t) };
+        }
+    }
+
+    /// Caches `hop`, looked up at `now`, for the packets after this one.
+    /// `seen_at`: the `hop_at` of this packet's copy. Skipped when the
+    /// entry's `hop_at` changed since: another CPU refreshed it first, or
+    /// the entry now belongs to another connection. The hop goes in before
+    /// its time (publish last), though with no barrier another CPU may
+    /// still see the two in either order (see [`FlowRef`]).
+    #[inline(always)]
+    pub fn cache_hop(self, hop: NextHop, now: u64, seen_at: u64) {
+        let p = self.0.as_ptr();
+        // SAFETY: in the entry (see above); `hop_at` an aligned u64, `hop`
+        // a 4-aligned struct at offset 36.
+        unsafe {
+            if read_volatile(&raw const (*p).hop_at) != seen_at {
+                return;
+            }
+            write_volatile(&raw mut (*p).hop, hop);
+            write_volatile(&raw mut (*p).hop_at, now);
+        }
     }
 }
 
 /// The flow this packet belongs to, either half: one lookup serves the
 /// client → VIP and the backend → SNAT direction alike.
 #[inline(always)]
-pub fn lookup(pkt: &Ipv4Packet) -> Option<&'static mut Flow> {
-    // SAFETY: a valid map value pointer, live while the program runs;
-    // racing writers only set flag bits, timestamps and a next hop, which
-    // tolerate a lost update.
-    FLOWS.get_ptr_mut(key_of(pkt)).map(|f| unsafe { &mut *f })
+pub fn lookup(pkt: &Ipv4Packet) -> Option<FlowRef> {
+    entry(&key_of(pkt))
+}
+
+#[inline(always)]
+fn entry(key: &FlowKey) -> Option<FlowRef> {
+    FLOWS.get_ptr_mut(key).and_then(NonNull::new).map(FlowRef)
 }
 
 const EEXIST: i32 = 17;
@@ -202,9 +291,8 @@ pub fn create(
                 if e == -E2BIG {
                     return Err(Verdict::drop(Reason::DropFlowTableFull));
                 }
-                // SAFETY: map lookup of a plain value.
-                match unsafe { FLOWS.get(&key) } {
-                    Some(f) => Ok(*f),
+                match entry(&key) {
+                    Some(theirs) => Ok(theirs.read()),
                     None => Err(aborted()),
                 }
             }

@@ -20,43 +20,47 @@ use crate::{Verdict, maps::TX_PORTS, parse::Ipv4Packet};
 
 const AF_INET: u8 = 2;
 
-/// Sends `pkt`, already rewritten by `flow`, towards its new destination.
-/// `to_backend`: the packet goes client → backend (for the counters);
-/// `now`: the packet's clock reading (conntrack::now), `second` the
-/// clock's ticks per second.
+/// Where a packet leaves, and whether the flow should remember it.
+pub enum Hop {
+    /// The flow's own, looked up less than a second ago.
+    Cached(NextHop),
+    /// Just asked of the FIB: the caller caches it in the flow.
+    Fresh(NextHop),
+}
+
+/// The next hop of `pkt`, already rewritten by `flow`: the one `flow`
+/// caches while it is younger than `second` ticks at `now` (the packet's
+/// clock reading, conntrack::now), else the FIB's.
 #[inline(always)]
-pub fn send(
+pub fn next_hop(
     ctx: &XdpContext,
-    pkt: &mut Ipv4Packet,
-    flow: &mut Flow,
-    to_backend: bool,
+    pkt: &Ipv4Packet,
+    flow: &Flow,
     now: u64,
     second: u64,
-) -> Verdict {
+) -> Result<Hop, Reason> {
+    if flow.hop_at != 0 && now.wrapping_sub(flow.hop_at) < second {
+        return Ok(Hop::Cached(flow.hop));
+    }
+    let ip = &pkt.ip;
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = if flow.hop_at != 0 && now.wrapping_sub(flow.hop_at) < second {
-        flow.hop
-    } else {
-        let ip = &pkt.ip;
-        match fib(
-            ctx,
-            ingress,
-            ip.src,
-            ip.dst,
-            ip.proto,
-            ip.tos,
-            ip.total_len(),
-        ) {
-            Ok(hop) => {
-                // A racing CPU may write the same fields; both write what
-                // the FIB said a moment ago.
-                flow.hop = hop;
-                flow.hop_at = now;
-                hop
-            }
-            Err(reason) => return Verdict::pass(reason),
-        }
-    };
+    fib(
+        ctx,
+        ingress,
+        ip.src,
+        ip.dst,
+        ip.proto,
+        ip.tos,
+        ip.total_len(),
+    )
+    .map(Hop::Fresh)
+}
+
+/// Sends `pkt`, already rewritten, to `hop`. `to_backend`: the packet goes
+/// client → backend (for the counters).
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, hop: NextHop, to_backend: bool) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
     pkt.eth.src = hop.smac;
     pkt.eth.dst = hop.dmac;
     if hop.ifindex == ingress {

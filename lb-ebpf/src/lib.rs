@@ -18,12 +18,16 @@ pub mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    flow::{DIR_FORWARD, FLOW_LOCAL, Flow},
+    flow::{DIR_FORWARD, FLOW_LOCAL},
     service::{CONFIG_ACTIVE, DataplaneConfig, Service, ServiceKey},
     stats::Reason,
 };
 
-use crate::parse::{Ipv4Packet, Parsed};
+use crate::{
+    conntrack::FlowRef,
+    forward::Hop,
+    parse::{Ipv4Packet, Parsed},
+};
 
 /// What the program does with a packet, and why.
 pub struct Verdict {
@@ -79,8 +83,8 @@ pub fn process(ctx: &XdpContext) -> Verdict {
 
     // Established, either direction: one lookup has all the packet needs.
     let second = u64::from(config.ticks_per_s);
-    if let Some(flow) = conntrack::lookup(&pkt) {
-        return established(ctx, pkt, flow, active, second);
+    if let Some(entry) = conntrack::lookup(&pkt) {
+        return established(ctx, pkt, entry, active, second);
     }
 
     // A client → VIP:port packet opening a connection to a virtual service?
@@ -97,20 +101,25 @@ pub fn process(ctx: &XdpContext) -> Verdict {
         // A backup never NATs VIP traffic: the active node owns it.
         return Verdict::pass(Reason::PassNotActive);
     }
-    new_connection(ctx, pkt, service, config)
+    new_connection(ctx, pkt, &service, &config)
 }
 
 /// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,
 /// or backend → SNAT rewritten back to VIP → client. `second`: the
 /// clock's ticks per second (DataplaneConfig::ticks_per_s).
+///
+/// `entry` is shared with other CPUs and the agent: the packet is handled
+/// from one copy of it, and the only writes back are `touch` and
+/// `cache_hop` (see conntrack::FlowRef for the races they tolerate).
 #[inline(always)]
 fn established(
     ctx: &XdpContext,
     mut pkt: Ipv4Packet,
-    flow: &mut Flow,
+    entry: FlowRef,
     active: bool,
     second: u64,
 ) -> Verdict {
+    let flow = entry.read();
     let to_backend = flow.dir == DIR_FORWARD;
     if to_backend && !active {
         // Demoted: the new master carries on (same Maglev choice); replies
@@ -121,7 +130,7 @@ fn established(
         return Verdict::drop(reason);
     }
     let now = conntrack::now();
-    conntrack::touch(flow, pkt.tcp_flags(), now, second);
+    entry.touch(&flow, pkt.tcp_flags(), now, second);
     if flow.flags & FLOW_LOCAL != 0 {
         return Verdict::pass(Reason::PassLocalBackend);
     }
@@ -129,12 +138,20 @@ fn established(
     if to_backend {
         maps::count_service(flow.service, pkt.len);
     }
-    rewrite::nat(&mut pkt, flow);
-    forward::send(ctx, &mut pkt, flow, to_backend, now, second)
+    rewrite::nat(&mut pkt, &flow);
+    let hop = match forward::next_hop(ctx, &pkt, &flow, now, second) {
+        Ok(Hop::Cached(hop)) => hop,
+        Ok(Hop::Fresh(hop)) => {
+            entry.cache_hop(hop, now, flow.hop_at);
+            hop
+        }
+        Err(reason) => return Verdict::pass(reason),
+    };
+    forward::send(ctx, &mut pkt, hop, to_backend)
 }
 
 /// The first packet of a connection: pick a backend, create both flow
-/// halves, rewrite, send.
+/// halves, rewrite, send. `service` and `config`: this packet's copies.
 #[inline(always)]
 fn new_connection(
     ctx: &XdpContext,
@@ -146,7 +163,7 @@ fn new_connection(
         return Verdict::drop(reason);
     }
     let now = conntrack::now();
-    let mut flow = match conntrack::create(ctx, &pkt, service, config, now) {
+    let flow = match conntrack::create(ctx, &pkt, service, config, now) {
         Ok(flow) => flow,
         Err(verdict) => return verdict,
     };
@@ -154,5 +171,11 @@ fn new_connection(
     maps::count_service(flow.service, pkt.len);
     rewrite::nat(&mut pkt, &flow);
     let second = u64::from(config.ticks_per_s);
-    forward::send(ctx, &mut pkt, &mut flow, true, now, second)
+    // `create` put the FIB's answer in the entry already; when it had none,
+    // the flow's next packet asks again (and caches it).
+    let hop = match forward::next_hop(ctx, &pkt, &flow, now, second) {
+        Ok(Hop::Cached(hop) | Hop::Fresh(hop)) => hop,
+        Err(reason) => return Verdict::pass(reason),
+    };
+    forward::send(ctx, &mut pkt, hop, true)
 }

@@ -1,10 +1,13 @@
 //! The maps, pinned by name so a restarted agent adopts them (and the
 //! flows in them), and small typed accessors.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
+use bytemuck::Pod;
 use lb_common::{
     flow::{Flow, FlowKey},
     maps::DEFAULT_MAX_FLOWS,
@@ -51,31 +54,91 @@ static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_SERVICES, 0
 #[map(name = "BACKEND_STATS")]
 static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
+/// One read of a whole map value, a volatile load per word `W` (`T`'s
+/// size in `W`s, e.g. `[u64; 7]`), copied out: what C's READ_ONCE does.
+///
+/// Map values are shared: the agent rewrites CONFIG, BACKENDS and MAGLEV
+/// elements in place (array_map_update_elem copies into the live element)
+/// and replaces SERVICES entries, and other CPUs write FLOWS. A `&T` into
+/// one would tell the compiler the value cannot change, so it could load a
+/// field twice, once for a check and once for its use, and get two values.
+/// Here every word is loaded exactly once, by one aligned instruction (no
+/// torn word on a 64-bit JIT); words of one value may still come from
+/// before and after a concurrent update, and each caller says why that is
+/// harmless. `Pod`, because such a mix must still be a valid `T`.
+///
+/// # Safety
+///
+/// `p` is a value pointer a map lookup returned in this program run (RCU
+/// keeps the element mapped until the program returns). Map values start
+/// 8-byte aligned (array elements and hash keys are rounded up to 8 bytes,
+/// kernel/bpf/arraymap.c and hashtab.c), so a `W` of up to 8 bytes is
+/// aligned whatever `T`'s own alignment.
 #[inline(always)]
-pub fn config() -> Option<&'static DataplaneConfig> {
-    CONFIG.get(0)
+pub unsafe fn read_once<T: Pod, W: Pod>(p: *const T) -> T {
+    const { assert!(size_of::<T>() == size_of::<W>()) };
+    // SAFETY: the caller's promise, above.
+    bytemuck::cast(unsafe { read_volatile(p.cast::<W>()) })
 }
 
+/// The settings, copied out. The agent rewrites CONFIG[0] in place; a copy
+/// it tears mixes words of the old and new settings (the address, the
+/// port range, the flags, the clock rate), each valid on its own: the one
+/// packet that sees it is handled as under one or the other.
 #[inline(always)]
-pub fn service(key: &ServiceKey) -> Option<&'static Service> {
-    // SAFETY: the value is only read; the agent replaces entries whole.
-    unsafe { SERVICES.get(key) }
+pub fn config() -> Option<DataplaneConfig> {
+    // SAFETY: a CONFIG value pointer from this lookup.
+    CONFIG
+        .get_ptr(0)
+        .map(|p| unsafe { read_once::<_, [u32; 4]>(p) })
 }
 
+/// The service at `key`, copied out. An agent update links a new element
+/// and keeps the old one aside until its next update on the same CPU
+/// (kernel/bpf/hashtab.c, alloc_htab_elem's extra_elems), so this copy is
+/// torn only if two updates land within it; then one new connection picks
+/// its backend from the old or new table.
 #[inline(always)]
-pub fn backend(id: u32) -> Option<&'static Backend> {
-    BACKENDS.get(id)
+pub fn service(key: &ServiceKey) -> Option<Service> {
+    // SAFETY: a SERVICES value pointer from this lookup.
+    SERVICES
+        .get_ptr(key)
+        .map(|p| unsafe { read_once::<_, [u32; 4]>(p) })
 }
 
+/// Whether `key` is a service, without reading its value.
+#[inline(always)]
+pub fn is_service(key: &ServiceKey) -> bool {
+    SERVICES.get_ptr(key).is_some()
+}
+
+/// The backend with id `id`, copied out: address, port and flags are one
+/// 8-byte load.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    // SAFETY: a BACKENDS value pointer from this lookup.
+    BACKENDS
+        .get_ptr(id)
+        .map(|p| unsafe { read_once::<_, u64>(p) })
+}
+
+/// The backend id in Maglev slot `index`, one load (the agent rewrites
+/// slots in place, in the region no service points at yet).
 #[inline(always)]
 pub fn maglev_slot(index: u32) -> Option<u32> {
-    MAGLEV.get(index).copied()
+    // SAFETY: a MAGLEV value pointer from this lookup.
+    MAGLEV
+        .get_ptr(index)
+        .map(|p| unsafe { read_once::<_, u32>(p) })
 }
 
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {
     if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
-        // SAFETY: a per-CPU slot; only this CPU writes it while we run.
+        // SAFETY: a per-CPU slot, written only by runs on this CPU (XDP
+        // runs with migration disabled), which in NAPI's softirq never
+        // interleave: this `&mut` is unique. The agent's reads are syscall
+        // copies, a packet behind at worst.
         unsafe { (*c).add(bytes) };
     }
 }

@@ -97,9 +97,10 @@ pub fn parse(ctx: &XdpContext) -> Parsed<'_> {
             proto: ip.proto,
             _pad: 0,
         };
-        return Parsed::Done(match maps::service(&key) {
-            Some(_) => Verdict::drop(Reason::DropMalformedL4),
-            None => Verdict::pass(Reason::PassNotService),
+        return Parsed::Done(if maps::is_service(&key) {
+            Verdict::drop(Reason::DropMalformedL4)
+        } else {
+            Verdict::pass(Reason::PassNotService)
         });
     };
     let len = (ctx.data_end() - ctx.data()) as u64;

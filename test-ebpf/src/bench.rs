@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::flow::{Flow, FlowKey};
-use lb_ebpf::maps::FLOWS;
+use lb_ebpf::maps::{FLOWS, read_once};
 
 /// Bytes saved and restored: Ethernet + IPv4 (no options) + TCP header
 /// with its checksum, everything NAT rewrites.
@@ -92,7 +92,10 @@ fn restore(ctx: &XdpContext, saved: &Head) -> bool {
 #[inline(always)]
 fn next_tuple(ctx: &XdpContext) -> Option<()> {
     let seq = BENCH_SEQ.get_ptr_mut(0)?;
-    let cycle = BENCH_CYCLE.get(0).copied().unwrap_or(0);
+    // SAFETY: a BENCH_CYCLE value pointer from this lookup.
+    let cycle = BENCH_CYCLE
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { read_once::<u32, u32>(p) });
     // SAFETY: a per-CPU slot; only this CPU touches it while we run.
     let i = unsafe {
         let i = *seq;
@@ -236,8 +239,9 @@ pub fn bench_lookup_spray(ctx: XdpContext) -> u32 {
     let Some(key) = tuple(&ctx) else {
         return xdp_action::XDP_ABORTED;
     };
-    // SAFETY: the value is only tested for presence.
-    if unsafe { FLOWS.get(&key) }.is_some() {
+    // Only the presence: no reference into the entry (other CPUs' runs
+    // may be writing it).
+    if FLOWS.get_ptr(key).is_some() {
         hit();
     }
     if !restore(&ctx, &saved) {
