@@ -227,6 +227,7 @@ impl Bench {
             nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
             active: true,
             ticks_per_s: lb_common::clock::ticks_per_s(std::time::Duration::from_millis(200))?,
+            fence_after: 0,
             services: vec![DesiredService {
                 name: "api".into(),
                 key: SERVICE,

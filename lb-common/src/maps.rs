@@ -14,6 +14,9 @@ pub const MAGLEV: &str = "MAGLEV";
 /// Hash of [`crate::flow::FlowKey`] → [`crate::flow::Flow`] (not LRU:
 /// the agent ages flows; nothing evicts a live connection).
 pub const FLOWS: &str = "FLOWS";
+/// Hash of VIP (4 bytes, network order) → flags (0): the addresses the
+/// services answer on, for fencing ARP when the agent is gone.
+pub const VIPS: &str = "VIPS";
 /// Array with one [`crate::service::DataplaneConfig`].
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU [`crate::stats::Traffic`] by service id.

@@ -75,6 +75,31 @@ pub struct DataplaneConfig {
     /// [`crate::clock`]): its "one second" for refreshing flow timestamps
     /// and next hops. 0 refreshes them on every packet.
     pub ticks_per_s: u32,
+    /// Jiffies of the agent's last heartbeat. With VRRP the agent refreshes
+    /// it several times per advert interval.
+    pub heartbeat: u64,
+    /// Ticks of silence after which the data plane fences itself: it NATs
+    /// no new VIP connection and drops ARP requests for the VIPs, so an
+    /// agent killed with the VIP on its interface cannot leave a second
+    /// master once a backup takes over. The agent sets it to the shortest
+    /// Master_Down_Interval's 3 × advert interval. 0: no heartbeat (no VRRP).
+    pub fence_after: u32,
+    pub _pad: u32,
+}
+
+impl DataplaneConfig {
+    /// Whether the data plane NATs new VIP traffic at jiffies `now`: the
+    /// agent says active, and its heartbeat (if it keeps one) is fresh.
+    #[inline(always)]
+    pub fn active(&self, now: u64) -> bool {
+        self.flags & CONFIG_ACTIVE != 0 && !self.fenced(now)
+    }
+
+    /// The agent keeps a heartbeat and it is older than `fence_after`.
+    #[inline(always)]
+    pub fn fenced(&self, now: u64) -> bool {
+        self.fence_after != 0 && now.wrapping_sub(self.heartbeat) > u64::from(self.fence_after)
+    }
 }
 
 #[cfg(feature = "user")]

@@ -117,6 +117,10 @@ reasons! {
     /// established one evicted (a full-NAT flow that loses its entry
     /// loses its connection). The agent's ageing makes room.
     DropFlowTableFull = 23 => "drop_flow_table_full",
+    /// An ARP request for a VIP while the agent's heartbeat is stale: a
+    /// node whose agent died must stop answering for the VIP, so that
+    /// neighbours follow the new master's gratuitous ARPs.
+    DropArpFenced = 24 => "drop_arp_fenced",
 }
 
 /// Number of slots in the reason array. Leaves room for reasons added

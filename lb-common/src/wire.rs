@@ -38,6 +38,35 @@ impl EthHdr {
     }
 }
 
+/// An ARP packet for IPv4 over Ethernet (RFC 826), after the Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+pub const ARP_REQUEST: u16 = 1;
+
+impl ArpHdr {
+    /// A request for an IPv4 address over Ethernet: who has `tpa`?
+    #[inline(always)]
+    pub fn is_ipv4_request(&self) -> bool {
+        u16::from_be_bytes(self.htype) == 1
+            && u16::from_be_bytes(self.ptype) == ETH_P_IP
+            && self.hlen == 6
+            && self.plen == 4
+            && u16::from_be_bytes(self.oper) == ARP_REQUEST
+    }
+}
+
 pub const IPV4_HDR_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
 
 /// The fixed 20 bytes of an IPv4 header.

@@ -19,8 +19,9 @@ pub mod rewrite;
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     flow::{DIR_FORWARD, FLOW_LOCAL},
-    service::{CONFIG_ACTIVE, DataplaneConfig, Service, ServiceKey},
+    service::{DataplaneConfig, Service, ServiceKey},
     stats::Reason,
+    wire::ArpHdr,
 };
 
 use crate::{
@@ -67,6 +68,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 pub fn process(ctx: &XdpContext) -> Verdict {
     let pkt = match parse::parse(ctx) {
         Parsed::Ipv4(pkt) => pkt,
+        Parsed::Arp(arp) => return arp_verdict(arp),
         Parsed::Done(verdict) => return verdict,
     };
     let Some(config) = maps::config() else {
@@ -79,7 +81,8 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     {
         return Verdict::pass(Reason::PassNotService);
     }
-    let active = config.flags & CONFIG_ACTIVE != 0;
+    // The agent's word, unless it has gone silent (VRRP heartbeat).
+    let active = config.active(conntrack::now());
 
     // Established, either direction: one lookup has all the packet needs.
     let second = u64::from(config.ticks_per_s);
@@ -102,6 +105,21 @@ pub fn process(ctx: &XdpContext) -> Verdict {
         return Verdict::pass(Reason::PassNotActive);
     }
     new_connection(ctx, pkt, &service, &config)
+}
+
+/// ARP passes to the kernel, which answers for the node's addresses (the
+/// VIP included, while this node is master). Once the agent's heartbeat is
+/// stale the VIP may already belong to another node: requests for it are
+/// dropped, so only the new master answers.
+#[inline(always)]
+fn arp_verdict(arp: &ArpHdr) -> Verdict {
+    let Some(config) = maps::config() else {
+        return Verdict::pass(Reason::PassArp);
+    };
+    if config.fenced(conntrack::now()) && arp.is_ipv4_request() && maps::is_vip(&arp.tpa) {
+        return Verdict::drop(Reason::DropArpFenced);
+    }
+    Verdict::pass(Reason::PassArp)
 }
 
 /// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,

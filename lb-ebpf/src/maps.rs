@@ -24,6 +24,10 @@ static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
 #[map(name = "SERVICES")]
 static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
 
+/// The services' VIPs (network order) → 0: what ARP fencing protects.
+#[map(name = "VIPS")]
+static VIPS: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_SERVICES, 0);
+
 #[map(name = "BACKENDS")]
 static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 
@@ -90,7 +94,13 @@ pub fn config() -> Option<DataplaneConfig> {
     // SAFETY: a CONFIG value pointer from this lookup.
     CONFIG
         .get_ptr(0)
-        .map(|p| unsafe { read_once::<_, [u32; 4]>(p) })
+        .map(|p| unsafe { read_once::<_, [u64; 4]>(p) })
+}
+
+/// Whether `addr` is a VIP of a service.
+#[inline(always)]
+pub fn is_vip(addr: &[u8; 4]) -> bool {
+    VIPS.get_ptr(addr).is_some()
 }
 
 /// The service at `key`, copied out. An agent update links a new element

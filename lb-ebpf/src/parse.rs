@@ -6,7 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     service::{PROTO_TCP, PROTO_UDP, ServiceKey},
     stats::Reason,
-    wire::{ETH_HDR_LEN, EthHdr, EtherType, Ipv4Hdr, TcpHdr, UdpHdr},
+    wire::{ArpHdr, ETH_HDR_LEN, EthHdr, EtherType, Ipv4Hdr, TcpHdr, UdpHdr},
 };
 
 /// A pointer to a `T` at `offset` into the packet, or `None` if it would
@@ -48,6 +48,9 @@ pub struct Ipv4Packet<'a> {
 
 pub enum Parsed<'a> {
     Ipv4(Ipv4Packet<'a>),
+    /// An ARP packet: passed, unless the data plane is fenced and it asks
+    /// for a VIP.
+    Arp(&'a ArpHdr),
     /// Decided while parsing: not ours, or broken.
     Done(Verdict),
 }
@@ -59,7 +62,12 @@ pub fn parse(ctx: &XdpContext) -> Parsed<'_> {
     };
     match eth.ether_type() {
         EtherType::Ipv4 => {}
-        EtherType::Arp => return Parsed::Done(Verdict::pass(Reason::PassArp)),
+        EtherType::Arp => {
+            return match header::<ArpHdr>(ctx, ETH_HDR_LEN) {
+                Some(arp) => Parsed::Arp(arp),
+                None => Parsed::Done(Verdict::pass(Reason::PassArp)),
+            };
+        }
         EtherType::Ipv6 => return Parsed::Done(Verdict::pass(Reason::PassIpv6)),
         EtherType::Other => return Parsed::Done(Verdict::pass(Reason::PassOtherEthertype)),
     }

@@ -38,7 +38,8 @@ use crate::{
     preflight,
     reconcile::Reconciler,
     stats,
-    vip::{GarpPolicy, VipSet},
+    vip::{self, GarpPolicy, VipSet},
+    vrrp::{self, State, instances::{Instances, TrackInputs}},
     xdp_mode,
 };
 
@@ -59,6 +60,14 @@ pub enum Event {
     Age,
     /// SIGTERM or SIGINT.
     Shutdown(&'static str),
+    /// A VRRP instance (by index) reported.
+    Vrrp(usize, vrrp::driver::Report),
+    /// Time to judge what the VRRP instances track.
+    Track,
+    /// A track script of an instance finished: succeeded or not.
+    Script { instance: usize, script: usize, ok: bool },
+    /// Time to tell the data plane the agent is alive.
+    Heartbeat,
 }
 
 impl From<health::Event> for Event {
@@ -125,7 +134,16 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
     match agent.serve(tx, rx).await {
-        Ok(agent) => {
+        Ok(mut agent) => {
+            if let Some(v) = agent.vrrp.take() {
+                // Resign first (priority 0: a backup takes over after its
+                // skew time), then fence and let the VIPs go, in that order.
+                v.shutdown(Duration::from_secs(1)).await;
+                agent.role = Role::Backup;
+                if let Err(e) = agent.converge().await {
+                    error!("fencing at shutdown: {e:#}");
+                }
+            }
             let keep = agent.config.keep_dataplane;
             let Agent {
                 reconciler, vips, ..
@@ -208,6 +226,35 @@ struct Agent {
     /// Kinds of failure already logged: a failure that repeats every few
     /// seconds is logged once, not every time.
     warned: HashSet<&'static str>,
+    /// The VRRP instances, when the node owns its VIPs through VRRP.
+    vrrp: Option<Instances>,
+    clock: Jiffies,
+}
+
+/// The data plane's clock (jiffies) without reading /proc/timer_list on
+/// every heartbeat: read once, then advanced by the monotonic clock at the
+/// measured rate. Both count the same time, so the drift over a run is a
+/// tick or two; the heartbeat's margin is a quarter of the fencing window.
+struct Jiffies {
+    at: std::time::Instant,
+    ticks: u64,
+    per_s: u32,
+}
+
+impl Jiffies {
+    fn start(per_s: u32) -> Result<Self> {
+        let ticks = lb_common::clock::jiffies().context("reading jiffies from /proc/timer_list")?;
+        Ok(Jiffies {
+            at: std::time::Instant::now(),
+            ticks,
+            per_s,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        self.ticks + (elapsed * f64::from(self.per_s)) as u64
+    }
 }
 
 impl Agent {
@@ -229,27 +276,62 @@ impl Agent {
                 );
             }
         }
-        let mut health = Health::new(tx);
+        let mut health = Health::new(tx.clone());
         health.sync(&config)?;
+        let vrrp_on = !config.vrrp.is_empty();
+        let garp = config.vrrp.first().map_or_else(GarpPolicy::default, |v| GarpPolicy {
+            repeat: v.garp.repeat,
+            delay: v.garp.delay,
+            refresh: v.garp.refresh,
+            refresh_repeat: v.garp.refresh_repeat,
+        });
+        let clock = Jiffies::start(ticks_per_s)?;
+        if vrrp_on {
+            // A VIP left on the interface by an agent that was killed is
+            // not ours until VRRP says so: a backup must not answer for it.
+            let all: BTreeSet<Ipv4Addr> = config.vrrp.iter().flat_map(|v| v.vips.iter().copied()).collect();
+            for v in vip::remove_stale(&args.iface, &all).await? {
+                warn!(vip = %v, "removed a stale VIP from {}: VRRP decides who holds it", args.iface);
+            }
+        }
         let mut agent = Agent {
             args: args.clone(),
             health,
             drained: BTreeSet::new(),
-            // Without VRRP the node owns its VIPs.
-            role: Role::Master,
+            // Without VRRP the node owns its VIPs; with it, it starts as a
+            // backup (fenced, no VIP) until its instances say otherwise.
+            role: if vrrp_on { Role::Backup } else { Role::Master },
             snat_ip,
             ticks_per_s,
             local: BTreeSet::new(),
             reconciler,
-            vips: VipSet::new(&args.iface, GarpPolicy::default(), false),
+            vips: VipSet::new(&args.iface, garp, vrrp_on),
             flows: take(dp.ebpf_mut(), maps::FLOWS)?,
             reasons: take(dp.ebpf_mut(), maps::REASON_STATS)?,
             backend_stats: take(dp.ebpf_mut(), maps::BACKEND_STATS)?,
             last: ReasonTotals::default(),
             warned: HashSet::new(),
+            vrrp: None,
+            clock,
             config,
         };
+        agent.reconciler.heartbeat(agent.clock.now())?;
         agent.converge().await?;
+        if vrrp_on {
+            let ifindex = preflight::interface_index(&args.iface)?;
+            let vips: Vec<Ipv4Addr> = agent.config.vrrp.iter().flat_map(|v| v.vips.iter().copied()).collect();
+            let primary = node::primary_ipv4(&args.iface, &vips)?;
+            let report_tx = tx.clone();
+            agent.vrrp = Some(Instances::spawn(
+                &agent.config.vrrp,
+                &args.iface,
+                ifindex,
+                primary,
+                move |i, r| report_tx.send(Event::Vrrp(i, r)).is_ok(),
+            )?);
+            // The heartbeat and fencing window now apply.
+            agent.converge().await?;
+        }
         info!(%snat_ip, nat_ports = ?agent.config.nat_ports, "full-NAT source");
         agent.write_status();
         Ok(agent)
@@ -268,6 +350,7 @@ impl Agent {
             ),
         }
         let down = self.health.down();
+        let owned = self.vrrp.as_ref().map(Instances::owned_vips);
         let inputs = Inputs {
             config: &self.config,
             down: &down,
@@ -276,6 +359,8 @@ impl Agent {
             local: &self.local,
             snat_ip: self.snat_ip,
             ticks_per_s: self.ticks_per_s,
+            fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
+            vrrp_vips: owned.as_ref(),
         };
         let desired = plan::plan(&inputs);
         let changes = self.reconciler.apply(&desired)?;
@@ -295,8 +380,20 @@ impl Agent {
         tx: mpsc::UnboundedSender<Event>,
         mut rx: mpsc::UnboundedReceiver<Event>,
     ) -> Result<Agent, (Box<Agent>, anyhow::Error)> {
-        if let Err(e) = spawn_sources(&self.args, &self.config, tx) {
+        if let Err(e) = spawn_sources(&self.args, &self.config, tx.clone()) {
             return Err((Box::new(self), e));
+        }
+        if let Some(v) = &self.vrrp {
+            if let Some(every) = v.heartbeat_every() {
+                every_period(every, tx.clone(), || Event::Heartbeat);
+            }
+            let shortest = v.fence_after().unwrap_or(Duration::from_secs(3)) / 3;
+            every_period(shortest.max(Duration::from_millis(100)), tx.clone(), || Event::Track);
+            for (instance, inst) in v.list.iter().enumerate() {
+                for (script, t) in inst.config.track.scripts.iter().enumerate() {
+                    spawn_script(instance, script, t.script.clone(), t.interval, t.timeout, tx.clone());
+                }
+            }
         }
         // The lab (and scripts) wait for this line.
         info!("xdplb ready on {}", self.args.iface);
@@ -326,12 +423,115 @@ impl Agent {
                 }
                 Event::Report => self.report(),
                 Event::Age => self.age(),
+                Event::Vrrp(i, report) => {
+                    if let Err(e) = self.on_vrrp(i, report).await {
+                        return Err((Box::new(self), e.context("applying a VRRP transition")));
+                    }
+                }
+                Event::Track => self.track().await,
+                Event::Script { instance, script, ok } => {
+                    if let Some(v) = &mut self.vrrp {
+                        v.script_result(instance, script, ok);
+                    }
+                }
+                Event::Heartbeat => {
+                    if let Err(e) = self.reconciler.heartbeat(self.clock.now()) {
+                        self.warn_once("heartbeat", &format!("writing the heartbeat to CONFIG: {e:#}"));
+                    }
+                }
             }
         }
         Err((
             Box::new(self),
             anyhow::anyhow!("every event source is gone"),
         ))
+    }
+
+    /// A VRRP instance changed state (or asks for gratuitous ARPs): the
+    /// plan follows, in the fixed order (a new master serves before it
+    /// takes the VIP, a demoted one fences before it lets the VIP go),
+    /// then the notify scripts run.
+    async fn on_vrrp(&mut self, i: usize, report: vrrp::driver::Report) -> Result<()> {
+        let Some(v) = &mut self.vrrp else {
+            return Ok(());
+        };
+        let Some(inst) = v.list.get_mut(i) else {
+            return Ok(());
+        };
+        let state = match report {
+            vrrp::driver::Report::Garp => {
+                info!(instance = %inst.config.name, "VRRP: re-announcing the VIPs (another master gave way)");
+                self.vips.reannounce();
+                return Ok(());
+            }
+            vrrp::driver::Report::State(s) => s,
+        };
+        if inst.state == state {
+            return Ok(());
+        }
+        inst.state = state;
+        let name = inst.config.name.clone();
+        let notify = inst.config.notify.clone();
+        let priority = inst.handle.snapshot.borrow().effective_priority;
+        let word = match state {
+            State::Master => "MASTER",
+            State::Backup => "BACKUP",
+            State::Initialize => "STOPPED",
+        };
+        // Tests and operators look for this line.
+        info!(instance = %name, "VRRP {name}: entering {word} state");
+        self.role = if v.any_master() { Role::Master } else { Role::Backup };
+        self.converge().await?;
+        self.write_status();
+        let script = match state {
+            State::Master => notify.master.as_ref(),
+            State::Backup => notify.backup.as_ref(),
+            State::Initialize => notify.fault.as_ref(),
+        };
+        if let Some(script) = script {
+            vrrp::instances::notify(script, &[]);
+        }
+        if let Some(script) = &notify.any {
+            vrrp::instances::notify(script, &["INSTANCE", &name, word, &priority.to_string()]);
+        }
+        Ok(())
+    }
+
+    /// Judges what the VRRP instances track and adjusts their priorities.
+    async fn track(&mut self) {
+        if self.vrrp.is_none() {
+            return;
+        }
+        let dataplane_ok = self.reconciler.maps().config().is_ok()
+            && ReasonTotals::read(&self.reasons).is_ok()
+            && crate::xdp_mode::attached(&self.args.iface).await;
+        let Some(v) = &mut self.vrrp else {
+            return;
+        };
+        let down = self.health.down();
+        let config = &self.config;
+        let drained = &self.drained;
+        let services_up = |name: &str| -> usize {
+            let Some(s) = config.services.iter().find(|s| s.name == name) else {
+                return 0;
+            };
+            let key = service_key(s);
+            s.backends
+                .iter()
+                .filter(|b| {
+                    b.weight > 0
+                        && !drained.contains(&b.addr)
+                        && !down.contains(&plan::Target {
+                            service: key,
+                            backend: b.addr,
+                        })
+                })
+                .count()
+        };
+        v.track(&TrackInputs {
+            dataplane_ok,
+            services_up: &services_up,
+        });
     }
 
     /// A check task reported: fold it in, and if a backend changed state,
@@ -360,6 +560,7 @@ impl Agent {
             return;
         };
         let down = self.health.down();
+        let owned = self.vrrp.as_ref().map(Instances::owned_vips);
         let inputs = Inputs {
             config: &self.config,
             down: &down,
@@ -368,6 +569,8 @@ impl Agent {
             local: &self.local,
             snat_ip: self.snat_ip,
             ticks_per_s: self.ticks_per_s,
+            fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
+            vrrp_vips: owned.as_ref(),
         };
         let failing_open = plan::failing_open(&inputs).contains(&service.name);
         if failing_open {
@@ -482,8 +685,40 @@ impl Agent {
         let Some(path) = &self.args.status_file else {
             return;
         };
-        let body =
-            serde_json::json!({ "iface": self.args.iface, "backends": self.health.status() });
+        let vrrp: Vec<serde_json::Value> = self
+            .vrrp
+            .as_ref()
+            .map(|v| {
+                v.snapshots()
+                    .into_iter()
+                    .map(|(name, s)| {
+                        let rejects: serde_json::Map<String, serde_json::Value> = s
+                            .stats
+                            .rejects
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(r, n)| (r.as_str().to_owned(), n.into()))
+                            .collect();
+                        serde_json::json!({
+                            "instance": name,
+                            "state": s.state.as_str(),
+                            "priority": s.priority,
+                            "effective_priority": s.effective_priority,
+                            "master": s.master.map(|m| m.to_string()),
+                            "transitions": s.stats.transitions,
+                            "adverts_sent": s.stats.adverts_sent,
+                            "adverts_received": s.stats.adverts_received,
+                            "rejects": rejects,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "iface": self.args.iface,
+            "backends": self.health.status(),
+            "vrrp": vrrp,
+        });
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
         let result = std::fs::write(&tmp, serde_json::to_vec_pretty(&body).unwrap_or_default())
@@ -517,6 +752,32 @@ fn spawn_sources(args: &Args, config: &Config, tx: mpsc::UnboundedSender<Event>)
     }
     every(sweep_interval(config), tx, || Event::Age);
     Ok(())
+}
+
+fn every_period(period: Duration, tx: mpsc::UnboundedSender<Event>, make: fn() -> Event) {
+    every(period, tx, make)
+}
+
+/// A track script run every `interval` (keepalived's `vrrp_script`).
+fn spawn_script(
+    instance: usize,
+    script: usize,
+    command: String,
+    interval: Duration,
+    limit: Duration,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let ok = vrrp::instances::run_script(&command, limit).await;
+            if tx.send(Event::Script { instance, script, ok }).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 fn every(period: Duration, tx: mpsc::UnboundedSender<Event>, make: fn() -> Event) {

@@ -158,7 +158,7 @@ pub fn load_object(object: &[u8], pin_dir: &Path, max_flows: u32, table_size: u3
 
 /// The maps whose layout this build defines (lb-common's types), as the
 /// kernel must hold them for this program.
-fn expected_layouts() -> [(&'static str, MapType, usize, usize); 4] {
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 5] {
     use lb_common::{
         flow::{Flow, FlowKey},
         service::{Backend, DataplaneConfig, Service, ServiceKey},
@@ -178,6 +178,7 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 4] {
             size_of::<Service>(),
         ),
         (maps::BACKENDS, MapType::Array, 4, size_of::<Backend>()),
+        (maps::VIPS, MapType::Hash, 4, 4),
         (
             maps::CONFIG,
             MapType::Array,

@@ -45,6 +45,10 @@ pub trait ControlPlane {
     fn set_slot(&mut self, slot: u32, backend: u32) -> Result<()>;
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    fn set_vip(&mut self, vip: [u8; 4]) -> Result<()>;
+    fn remove_vip(&mut self, vip: &[u8; 4]) -> Result<()>;
+    /// The VIPs in VIPS.
+    fn vips(&self) -> Result<Vec<[u8; 4]>>;
 
     /// MAGLEV's size in slots.
     fn slots(&self) -> u32;
@@ -84,6 +88,7 @@ pub struct ControlMaps {
     pub services: BpfHashMap<MapData, ServiceKey, Service>,
     pub backends: Array<MapData, Backend>,
     pub maglev: Array<MapData, u32>,
+    pub vips: BpfHashMap<MapData, [u8; 4], u32>,
 }
 
 impl ControlMaps {
@@ -95,6 +100,7 @@ impl ControlMaps {
             services: take(ebpf, names::SERVICES)?,
             backends: take(ebpf, names::BACKENDS)?,
             maglev: take(ebpf, names::MAGLEV)?,
+            vips: take(ebpf, names::VIPS)?,
         })
     }
 }
@@ -133,6 +139,15 @@ impl ControlPlane for ControlMaps {
         self.services
             .remove(key)
             .context("removing a SERVICES entry")
+    }
+    fn set_vip(&mut self, vip: [u8; 4]) -> Result<()> {
+        self.vips.insert(vip, 0, 0).context("writing a VIPS entry")
+    }
+    fn remove_vip(&mut self, vip: &[u8; 4]) -> Result<()> {
+        self.vips.remove(vip).context("removing a VIPS entry")
+    }
+    fn vips(&self) -> Result<Vec<[u8; 4]>> {
+        self.vips.keys().map(|k| k.context("reading VIPS")).collect()
     }
     fn slots(&self) -> u32 {
         self.maglev.len()
@@ -179,6 +194,7 @@ pub struct MemMaps {
     pub services: BTreeMap<ServiceKey, Service>,
     pub backends: Vec<Backend>,
     pub maglev: Vec<u32>,
+    pub vips: std::collections::BTreeSet<[u8; 4]>,
     pub writes: Vec<Write>,
 }
 
@@ -190,6 +206,8 @@ pub enum Write {
     Slot(u32, u32),
     Service(ServiceKey, Service),
     RemoveService(ServiceKey),
+    Vip([u8; 4]),
+    RemoveVip([u8; 4]),
 }
 
 impl MemMaps {
@@ -199,6 +217,7 @@ impl MemMaps {
             services: BTreeMap::new(),
             backends: vec![Backend::default(); MAX_BACKENDS as usize],
             maglev: vec![0; maglev_slots(table_size) as usize],
+            vips: Default::default(),
             writes: Vec::new(),
         }
     }
@@ -242,6 +261,19 @@ impl ControlPlane for MemMaps {
         self.services.remove(key);
         self.writes.push(Write::RemoveService(*key));
         Ok(())
+    }
+    fn set_vip(&mut self, vip: [u8; 4]) -> Result<()> {
+        self.vips.insert(vip);
+        self.writes.push(Write::Vip(vip));
+        Ok(())
+    }
+    fn remove_vip(&mut self, vip: &[u8; 4]) -> Result<()> {
+        self.vips.remove(vip);
+        self.writes.push(Write::RemoveVip(*vip));
+        Ok(())
+    }
+    fn vips(&self) -> Result<Vec<[u8; 4]>> {
+        Ok(self.vips.iter().copied().collect())
     }
     fn slots(&self) -> u32 {
         self.maglev.len() as u32
@@ -306,6 +338,7 @@ mod tests {
             nat_ports: (20000, 29999),
             active: true,
             ticks_per_s: 250,
+            fence_after: 0,
             services: vec![DesiredService {
                 name: "api".into(),
                 key: KEY,

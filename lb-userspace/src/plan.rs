@@ -48,6 +48,14 @@ pub struct Inputs<'a> {
     pub snat_ip: Ipv4Addr,
     /// The data plane clock's rate (lb_common::clock), measured at start.
     pub ticks_per_s: u32,
+    /// With VRRP: how long the data plane may go without the agent's
+    /// heartbeat before it fences itself (the shortest 3 × advert
+    /// interval); None without VRRP.
+    pub fence_after: Option<std::time::Duration>,
+    /// With VRRP: the VIPs of the instances this node is master of (the
+    /// node is [`Role::Master`] when there are any); None without VRRP,
+    /// when a master holds every service's VIP.
+    pub vrrp_vips: Option<&'a BTreeSet<Ipv4Addr>>,
 }
 
 /// What the node should do.
@@ -58,6 +66,9 @@ pub struct Desired {
     /// The data plane NATs VIP traffic (CONFIG_ACTIVE).
     pub active: bool,
     pub ticks_per_s: u32,
+    /// Ticks of agent silence after which the data plane fences itself;
+    /// 0: never.
+    pub fence_after: u32,
     pub services: Vec<DesiredService>,
     /// Addresses to hold on the interface (and announce).
     pub vips: BTreeSet<Ipv4Addr>,
@@ -108,6 +119,8 @@ pub fn plan(inputs: &Inputs) -> Desired {
         local,
         snat_ip,
         ticks_per_s,
+        fence_after,
+        vrrp_vips,
     } = *inputs;
     let services = config
         .services
@@ -149,11 +162,16 @@ pub fn plan(inputs: &Inputs) -> Desired {
         nat_ports: config.nat_ports,
         active: master,
         ticks_per_s,
+        // At least one tick, so that "0: never" keeps its meaning.
+        fence_after: fence_after.map_or(0, |d| {
+            ((d.as_secs_f64() * f64::from(ticks_per_s)).ceil() as u32).max(1)
+        }),
         services,
-        vips: if master && config.assign_vip {
-            config.services.iter().map(|s| s.vip).collect()
-        } else {
-            BTreeSet::new()
+        vips: match (master, vrrp_vips) {
+            (false, _) => BTreeSet::new(),
+            (true, Some(owned)) => owned.clone(),
+            (true, None) if config.assign_vip => config.services.iter().map(|s| s.vip).collect(),
+            (true, None) => BTreeSet::new(),
         },
     }
 }

@@ -103,6 +103,10 @@ pub struct Reconciler<M> {
     /// BACKENDS as written (or read when adopting): unchanged entries are
     /// not written again.
     backends: HashMap<u32, Backend>,
+    /// VIPS as written (or read when adopting).
+    vips: HashSet<[u8; 4]>,
+    /// The agent's last heartbeat (jiffies), written with every CONFIG.
+    heartbeat: u64,
     applied: Option<Desired>,
 }
 
@@ -156,6 +160,8 @@ impl<M: ControlPlane> Reconciler<M> {
             services,
             ids: BackendIds::new(capacity, &used),
             backends: written,
+            vips: maps.vips()?.into_iter().collect(),
+            heartbeat: maps.config()?.heartbeat,
             applied: None,
         })
     }
@@ -240,15 +246,18 @@ impl<M: ControlPlane> Reconciler<M> {
             );
         }
 
-        let config = DataplaneConfig {
-            snat_ip: desired.snat_ip.octets(),
-            nat_port_min: desired.nat_ports.0,
-            nat_port_max: desired.nat_ports.1,
-            flags: if desired.active { CONFIG_ACTIVE } else { 0 },
-            ticks_per_s: desired.ticks_per_s,
-        };
+        // Every service VIP, master or not: ARP fencing protects them all.
+        let vips: HashSet<[u8; 4]> = desired.services.iter().map(|s| s.key.vip).collect();
+        for vip in vips.difference(&self.vips) {
+            self.maps.set_vip(*vip)?;
+        }
+        for vip in self.vips.difference(&vips) {
+            self.maps.remove_vip(vip)?;
+        }
+        self.vips = vips;
+
         let was_active = self.applied.as_ref().map(|d| d.active);
-        self.maps.set_config(config)?;
+        self.maps.set_config(self.dataplane_config(desired))?;
         if was_active != Some(desired.active) {
             let _ = writeln!(
                 summary,
@@ -262,6 +271,31 @@ impl<M: ControlPlane> Reconciler<M> {
         }
         self.applied = Some(desired.clone());
         Ok(summary)
+    }
+
+    fn dataplane_config(&self, desired: &Desired) -> DataplaneConfig {
+        DataplaneConfig {
+            snat_ip: desired.snat_ip.octets(),
+            nat_port_min: desired.nat_ports.0,
+            nat_port_max: desired.nat_ports.1,
+            flags: if desired.active { CONFIG_ACTIVE } else { 0 },
+            ticks_per_s: desired.ticks_per_s,
+            heartbeat: self.heartbeat,
+            fence_after: desired.fence_after,
+            _pad: 0,
+        }
+    }
+
+    /// The agent is alive at jiffies `now`: refreshes CONFIG's heartbeat
+    /// (the rest as last applied). Before the first apply it only
+    /// remembers it.
+    pub fn heartbeat(&mut self, now: u64) -> Result<()> {
+        self.heartbeat = now;
+        let Some(desired) = &self.applied else {
+            return Ok(());
+        };
+        let config = self.dataplane_config(desired);
+        self.maps.set_config(config)
     }
 
     /// Clears `active` in CONFIG and nothing else: the data plane stops

@@ -219,6 +219,29 @@ pub async fn veth_peer(iface: &str) -> Result<Option<VethPeer>> {
     result
 }
 
+/// Whether an XDP program (any mode) is attached to `iface`, per the
+/// kernel: what VRRP tracking calls the data plane being there.
+pub async fn attached(iface: &str) -> bool {
+    let Ok((conn, handle, _)) = rtnetlink::new_connection() else {
+        return false;
+    };
+    let task = tokio::spawn(conn);
+    let found = handle.link().get().match_name(iface).execute().try_next().await;
+    task.abort();
+    let Ok(Some(msg)) = found else {
+        return false;
+    };
+    msg.attributes.iter().any(|a| match a {
+        LinkAttribute::Xdp(x) => x.iter().any(|x| {
+            matches!(
+                x,
+                LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) if *id != 0
+            )
+        }),
+        _ => false,
+    })
+}
+
 fn is_veth(msg: &LinkMessage) -> bool {
     msg.attributes.iter().any(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos

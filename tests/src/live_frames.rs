@@ -613,6 +613,7 @@ fn load_xdplb(pins: &std::path::Path) -> Result<(Ebpf, u32)> {
         nat_ports: NAT_PORTS,
         active: true,
         ticks_per_s: lb_common::clock::ticks_per_s(Duration::from_millis(200))?,
+        fence_after: 0,
         services: vec![DesiredService {
             name: "api".into(),
             key,

@@ -415,6 +415,7 @@ fn desired() -> Desired {
         active: true,
         // Any rate works here: nothing in these tests waits for a second.
         ticks_per_s: 250,
+        fence_after: 0,
         services: vec![
             service("api", TCP_SERVICE, API_PORT),
             service("dns", UDP_SERVICE, DNS_BACKEND_PORT),

@@ -79,6 +79,8 @@ impl World {
             local: &self.local,
             snat_ip: Ipv4Addr::new(192, 168, 31, 10),
             ticks_per_s: 250,
+            fence_after: None,
+            vrrp_vips: None,
         })
     }
 
@@ -211,6 +213,8 @@ fn every_backend_down_fails_open_over_all_of_them() {
             local: &w.local,
             snat_ip: Ipv4Addr::LOCALHOST,
             ticks_per_s: 250,
+            fence_after: None,
+            vrrp_vips: None,
         });
         d.services[0].backends.iter().all(|b| b.weight == 1)
     };
@@ -225,6 +229,8 @@ fn every_backend_down_fails_open_over_all_of_them() {
         local: &w.local,
         snat_ip: Ipv4Addr::LOCALHOST,
         ticks_per_s: 250,
+        fence_after: None,
+            vrrp_vips: None,
     });
     assert_eq!(failing, ["192.168.31.88:6443/tcp".to_string()]);
 
@@ -406,6 +412,7 @@ fn every_intermediate_state_sends_packets_only_to_backends_of_the_service() {
             Write::Service(k, s) => {
                 shadow.services.insert(k, s);
             }
+            Write::Vip(_) | Write::RemoveVip(_) => {}
             Write::RemoveService(k) => {
                 shadow.services.remove(&k);
             }
@@ -423,4 +430,28 @@ fn every_intermediate_state_sends_packets_only_to_backends_of_the_service() {
             }
         }
     }
+}
+
+#[test]
+fn with_vrrp_a_master_holds_only_the_vips_of_its_instances_and_fences_on_a_timer() {
+    let mut w = World::new(config(&[(88, &[(1, 1)]), (89, &[(2, 1)])]));
+    let owned = BTreeSet::from([Ipv4Addr::new(192, 168, 31, 89)]);
+    let d = plan(&Inputs {
+        config: &w.config,
+        down: &w.down,
+        drained: &w.drained,
+        role: Role::Master,
+        local: &w.local,
+        snat_ip: Ipv4Addr::LOCALHOST,
+        ticks_per_s: 250,
+        fence_after: Some(std::time::Duration::from_millis(300)),
+        vrrp_vips: Some(&owned),
+    });
+    assert!(d.active);
+    assert_eq!(d.vips, owned);
+    assert_eq!(d.fence_after, 75, "300 ms at 250 Hz");
+    w.role = Role::Backup;
+    let d = w.plan();
+    assert!(!d.active && d.vips.is_empty());
+    assert_eq!(d.fence_after, 0, "no heartbeat without VRRP");
 }
