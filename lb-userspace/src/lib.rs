@@ -17,4 +17,5 @@ pub mod preflight;
 pub mod reconcile;
 pub mod stats;
 pub mod vip;
+pub mod vrrp;
 pub mod xdp_mode;
