@@ -32,14 +32,17 @@ use crate::{
     flows, health,
     health::Health,
     loader::{Dataplane, LoadOptions},
-    maps::{ControlMaps, take},
+    maps::{ControlMaps, ControlPlane, take},
     node,
     plan::{self, Desired, Inputs, Role, service_key},
     preflight,
     reconcile::Reconciler,
     stats,
     vip::{self, GarpPolicy, VipSet},
-    vrrp::{self, State, instances::{Instances, TrackInputs}},
+    vrrp::{
+        self, State,
+        instances::{Instances, TrackInputs},
+    },
     xdp_mode,
 };
 
@@ -65,7 +68,11 @@ pub enum Event {
     /// Time to judge what the VRRP instances track.
     Track,
     /// A track script of an instance finished: succeeded or not.
-    Script { instance: usize, script: usize, ok: bool },
+    Script {
+        instance: usize,
+        script: usize,
+        ok: bool,
+    },
     /// Time to tell the data plane the agent is alive.
     Heartbeat,
 }
@@ -279,17 +286,24 @@ impl Agent {
         let mut health = Health::new(tx.clone());
         health.sync(&config)?;
         let vrrp_on = !config.vrrp.is_empty();
-        let garp = config.vrrp.first().map_or_else(GarpPolicy::default, |v| GarpPolicy {
-            repeat: v.garp.repeat,
-            delay: v.garp.delay,
-            refresh: v.garp.refresh,
-            refresh_repeat: v.garp.refresh_repeat,
-        });
+        let garp = config
+            .vrrp
+            .first()
+            .map_or_else(GarpPolicy::default, |v| GarpPolicy {
+                repeat: v.garp.repeat,
+                delay: v.garp.delay,
+                refresh: v.garp.refresh,
+                refresh_repeat: v.garp.refresh_repeat,
+            });
         let clock = Jiffies::start(ticks_per_s)?;
         if vrrp_on {
             // A VIP left on the interface by an agent that was killed is
             // not ours until VRRP says so: a backup must not answer for it.
-            let all: BTreeSet<Ipv4Addr> = config.vrrp.iter().flat_map(|v| v.vips.iter().copied()).collect();
+            let all: BTreeSet<Ipv4Addr> = config
+                .vrrp
+                .iter()
+                .flat_map(|v| v.vips.iter().copied())
+                .collect();
             for v in vip::remove_stale(&args.iface, &all).await? {
                 warn!(vip = %v, "removed a stale VIP from {}: VRRP decides who holds it", args.iface);
             }
@@ -319,7 +333,12 @@ impl Agent {
         agent.converge().await?;
         if vrrp_on {
             let ifindex = preflight::interface_index(&args.iface)?;
-            let vips: Vec<Ipv4Addr> = agent.config.vrrp.iter().flat_map(|v| v.vips.iter().copied()).collect();
+            let vips: Vec<Ipv4Addr> = agent
+                .config
+                .vrrp
+                .iter()
+                .flat_map(|v| v.vips.iter().copied())
+                .collect();
             let primary = node::primary_ipv4(&args.iface, &vips)?;
             let report_tx = tx.clone();
             agent.vrrp = Some(Instances::spawn(
@@ -388,10 +407,19 @@ impl Agent {
                 every_period(every, tx.clone(), || Event::Heartbeat);
             }
             let shortest = v.fence_after().unwrap_or(Duration::from_secs(3)) / 3;
-            every_period(shortest.max(Duration::from_millis(100)), tx.clone(), || Event::Track);
+            every_period(shortest.max(Duration::from_millis(100)), tx.clone(), || {
+                Event::Track
+            });
             for (instance, inst) in v.list.iter().enumerate() {
                 for (script, t) in inst.config.track.scripts.iter().enumerate() {
-                    spawn_script(instance, script, t.script.clone(), t.interval, t.timeout, tx.clone());
+                    spawn_script(
+                        instance,
+                        script,
+                        t.script.clone(),
+                        t.interval,
+                        t.timeout,
+                        tx.clone(),
+                    );
                 }
             }
         }
@@ -429,14 +457,21 @@ impl Agent {
                     }
                 }
                 Event::Track => self.track().await,
-                Event::Script { instance, script, ok } => {
+                Event::Script {
+                    instance,
+                    script,
+                    ok,
+                } => {
                     if let Some(v) = &mut self.vrrp {
                         v.script_result(instance, script, ok);
                     }
                 }
                 Event::Heartbeat => {
                     if let Err(e) = self.reconciler.heartbeat(self.clock.now()) {
-                        self.warn_once("heartbeat", &format!("writing the heartbeat to CONFIG: {e:#}"));
+                        self.warn_once(
+                            "heartbeat",
+                            &format!("writing the heartbeat to CONFIG: {e:#}"),
+                        );
                     }
                 }
             }
@@ -480,7 +515,11 @@ impl Agent {
         };
         // Tests and operators look for this line.
         info!(instance = %name, "VRRP {name}: entering {word} state");
-        self.role = if v.any_master() { Role::Master } else { Role::Backup };
+        self.role = if v.any_master() {
+            Role::Master
+        } else {
+            Role::Backup
+        };
         self.converge().await?;
         self.write_status();
         let script = match state {
@@ -773,7 +812,14 @@ fn spawn_script(
         loop {
             ticks.tick().await;
             let ok = vrrp::instances::run_script(&command, limit).await;
-            if tx.send(Event::Script { instance, script, ok }).is_err() {
+            if tx
+                .send(Event::Script {
+                    instance,
+                    script,
+                    ok,
+                })
+                .is_err()
+            {
                 return;
             }
         }

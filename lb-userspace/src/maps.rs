@@ -147,7 +147,10 @@ impl ControlPlane for ControlMaps {
         self.vips.remove(vip).context("removing a VIPS entry")
     }
     fn vips(&self) -> Result<Vec<[u8; 4]>> {
-        self.vips.keys().map(|k| k.context("reading VIPS")).collect()
+        self.vips
+            .keys()
+            .map(|k| k.context("reading VIPS"))
+            .collect()
     }
     fn slots(&self) -> u32 {
         self.maglev.len()

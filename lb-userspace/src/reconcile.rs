@@ -154,14 +154,16 @@ impl<M: ControlPlane> Reconciler<M> {
                 );
             }
         }
+        let vips = maps.vips()?.into_iter().collect();
+        let heartbeat = maps.config()?.heartbeat;
         Ok(Reconciler {
             maps,
             table_size,
             services,
             ids: BackendIds::new(capacity, &used),
             backends: written,
-            vips: maps.vips()?.into_iter().collect(),
-            heartbeat: maps.config()?.heartbeat,
+            vips,
+            heartbeat,
             applied: None,
         })
     }

@@ -226,7 +226,13 @@ pub async fn attached(iface: &str) -> bool {
         return false;
     };
     let task = tokio::spawn(conn);
-    let found = handle.link().get().match_name(iface).execute().try_next().await;
+    let found = handle
+        .link()
+        .get()
+        .match_name(iface)
+        .execute()
+        .try_next()
+        .await;
     task.abort();
     let Ok(Some(msg)) = found else {
         return false;

@@ -67,12 +67,16 @@ pub struct Host {
 }
 
 impl Host {
+    /// eth0's MAC, as the kernel in the host's namespace reports it (not
+    /// through /sys, which nsenter --net leaves showing the root
+    /// namespace's devices).
     pub fn mac(&self) -> Result<String> {
-        Ok(self
-            .ns
-            .exec("cat", &["/sys/class/net/eth0/address"])?
-            .trim()
-            .to_owned())
+        let out = self.ns.ip(&["-o", "link", "show", "dev", "eth0"])?;
+        out.split_whitespace()
+            .skip_while(|t| *t != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no link/ether in `ip link show eth0`: {out}"))
     }
 }
 

@@ -16,12 +16,7 @@ use std::{
 };
 
 use lab::{
-    Agent, Lab, LabOptions,
-    apiserver::PORT,
-    bed::NsRuntime,
-    client::Conn,
-    netns,
-    proc::Proc,
+    Agent, Lab, LabOptions, apiserver::PORT, bed::NsRuntime, client::Conn, netns, proc::Proc,
     require_root,
 };
 use lb_userspace::vrrp::{Advert, Auth, Version};
@@ -92,27 +87,46 @@ fn expect_owner(lab: &Lab, host: &'static str, limit: Duration, why: &str, logs:
     );
 }
 
-/// One HTTPS request through the VIP from the client, bounded by `limit`.
-fn request(rt: &NsRuntime, vip: SocketAddr, limit: Duration) -> bool {
+/// One HTTPS request through the VIP from the client, bounded by `limit`:
+/// the address the backend saw the connection come from (the SNAT
+/// address of the LB node that balanced it).
+fn request(rt: &NsRuntime, vip: SocketAddr, limit: Duration) -> Option<Ipv4Addr> {
     rt.run(async move {
-        tokio::time::timeout(limit, async {
+        let r = tokio::time::timeout(limit, async {
             let mut c = Conn::open(vip).await?;
-            c.get("/version").await
+            c.get("/debug/peer").await
         })
         .await
-        .is_ok_and(|r| r.is_ok_and(|r| r.status == 200))
+        .ok()?
+        .ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        r.body.split(':').next()?.parse().ok()
     })
 }
 
-/// Time until a client request through the VIP succeeds again.
-fn time_to_first_success(rt: &NsRuntime, vip: SocketAddr, limit: Duration) -> Option<Duration> {
+/// Time until a client request through the VIP succeeds again, balanced
+/// by `via` (any node if None).
+fn time_to_first_success_via(
+    rt: &NsRuntime,
+    vip: SocketAddr,
+    via: Option<Ipv4Addr>,
+    limit: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if request(rt, vip, Duration::from_millis(250)) {
+        if let Some(from) = request(rt, vip, Duration::from_millis(250))
+            && via.is_none_or(|v| v == from)
+        {
             return Some(start.elapsed());
         }
     }
     None
+}
+
+fn time_to_first_success(rt: &NsRuntime, vip: SocketAddr, limit: Duration) -> Option<Duration> {
+    time_to_first_success_via(rt, vip, None, limit)
 }
 
 /// The MACs that answer an ARP request for the VIP from the client.
@@ -122,12 +136,21 @@ fn arp_answerers(lab: &Lab) -> BTreeSet<String> {
         .output()
         .expect("running arping");
     let text = String::from_utf8_lossy(&out.stdout);
-    // "Unicast reply from 10.77.1.100 [AA:BB:CC:DD:EE:FF]  0.6ms"
+    // Habets' arping: "60 bytes from 02:fc:00:00:00:01 (10.77.1.100): index=0 …";
+    // iputils': "Unicast reply from 10.77.1.100 [02:FC:00:00:00:01] 0.6ms".
+    // Either way, the reply lines carry the answerer's MAC.
+    let is_mac = |t: &str| {
+        t.len() == 17
+            && t.split(':').count() == 6
+            && t.split(':').all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    };
     text.lines()
-        .filter_map(|l| {
-            let open = l.find('[')?;
-            let close = l[open..].find(']')?;
-            Some(l[open + 1..open + close].to_ascii_lowercase())
+        .filter(|l| l.contains("bytes from") || l.contains("reply from"))
+        .flat_map(|l| {
+            l.split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+                .filter(|t| is_mac(t))
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -161,26 +184,40 @@ fn kill_9_of_the_master_moves_the_vip_and_silences_the_dead_nodes_arp() {
     let lb2_args = [&V3_FAST[..], &["--priority", "90"]].concat();
     let mut lb1 = start_lb(&lab, "lb1", &lb1_args);
     let lb2 = start_lb(&lab, "lb2", &lb2_args);
-    let both = || logs(&[("lb1", &lb1), ("lb2", &lb2)]);
-    expect_owner(&lab, "lb1", Duration::from_secs(3), "priority 100 over 90", &both());
+    let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
+    expect_owner(
+        &lab,
+        "lb1",
+        Duration::from_secs(3),
+        "priority 100 over 90",
+        &both(&lb1),
+    );
     let client = NsRuntime::new(lab.host("client"));
     let vip = vip_addr(&lab);
     assert!(
         time_to_first_success(&client, vip, Duration::from_secs(3)).is_some(),
         "a client must reach the backends through lb1\n{}",
-        both()
+        both(&lb1)
     );
     let lb1_mac = lab.host("lb1").mac().unwrap().to_ascii_lowercase();
     let lb2_mac = lab.host("lb2").mac().unwrap().to_ascii_lowercase();
-    assert_eq!(arp_answerers(&lab), BTreeSet::from([lb1_mac.clone()]));
+    let macs: Vec<String> = lab.hosts().map(|h| format!("{}={}", h.name, h.mac().unwrap_or_default())).collect();
+    assert_eq!(
+        arp_answerers(&lab),
+        BTreeSet::from([lb1_mac.clone()]),
+        "only the master answers ARP for the VIP (hosts: {macs:?})\n{}",
+        both(&lb1)
+    );
 
     // The agent dies; its XDP program and the VIP stay on lb1's interface.
     let killed = Instant::now();
     lb1.proc.kill().expect("SIGKILL lb1's agent");
-    let back = time_to_first_success(&client, vip, Duration::from_secs(5));
-    let back = back.unwrap_or_else(|| panic!("no request succeeded through lb2 within 5 s\n{}", both()));
+    let lb2_ip = lab.host("lb2").ip;
+    let back = time_to_first_success_via(&client, vip, Some(lb2_ip), Duration::from_secs(5));
+    let back = back
+        .unwrap_or_else(|| panic!("no request was balanced by lb2 within 5 s\n{}", both(&lb1)));
     println!(
-        "failover after kill -9 (v3, 100 ms adverts): first successful request after {} ms",
+        "failover after kill -9 (v3, 100 ms adverts): first request balanced by lb2 after {} ms",
         back.as_millis()
     );
     // Master_Down_Interval (365 ms) plus a request's round trips; the
@@ -188,7 +225,7 @@ fn kill_9_of_the_master_moves_the_vip_and_silences_the_dead_nodes_arp() {
     assert!(
         back < Duration::from_millis(1500),
         "failover took {back:?}, expected about Master_Down_Interval (365 ms)\n{}",
-        both()
+        both(&lb1)
     );
     assert!(holds_vip(&lab, "lb2"));
     // The dead node's data plane fenced itself (heartbeat older than
@@ -200,7 +237,7 @@ fn kill_9_of_the_master_moves_the_vip_and_silences_the_dead_nodes_arp() {
         answerers,
         BTreeSet::from([lb2_mac]),
         "{fenced_after:?} after the kill, one MAC (lb2's) must answer ARP for the VIP; lb1 is {lb1_mac}\n{}",
-        both()
+        both(&lb1)
     );
 }
 
@@ -213,13 +250,22 @@ fn sigterm_hands_over_within_the_skew_time_and_preempt_takes_it_back() {
     let mut lb1 = start_lb(&lab, "lb1", &[&v3[..], &["--priority", "100"]].concat());
     let lb2 = start_lb(&lab, "lb2", &[&v3[..], &["--priority", "90"]].concat());
     let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
-    expect_owner(&lab, "lb1", Duration::from_secs(6), "priority 100 over 90", &both(&lb1));
+    expect_owner(
+        &lab,
+        "lb1",
+        Duration::from_secs(6),
+        "priority 100 over 90",
+        &both(&lb1),
+    );
 
     let start = Instant::now();
     lb1.terminate().expect("SIGTERM lb1");
     let took = within(Duration::from_secs(3), || holds_vip(&lab, "lb2"));
     let took = took.unwrap_or_else(|| panic!("lb2 did not take the VIP\n{}", both(&lb1)));
-    println!("takeover after SIGTERM (priority 0, 1 s adverts): {} ms", took.as_millis());
+    println!(
+        "takeover after SIGTERM (priority 0, 1 s adverts): {} ms",
+        took.as_millis()
+    );
     assert!(
         took < Duration::from_secs(1),
         "takeover after a priority-0 advert took {took:?}; expected the skew time (0.65 s), well under the 1 s interval"
@@ -243,8 +289,18 @@ fn no_preempt_leaves_the_vip_with_the_lower_priority_master() {
     let lab = lab();
     let v3 = ["--vrrp-version", "3", "--advert-int", "200ms"];
     let lb2 = start_lb(&lab, "lb2", &[&v3[..], &["--priority", "90"]].concat());
-    expect_owner(&lab, "lb2", Duration::from_secs(3), "lb2 alone", &logs(&[("lb2", &lb2)]));
-    let lb1 = start_lb(&lab, "lb1", &[&v3[..], &["--priority", "100", "--no-preempt"]].concat());
+    expect_owner(
+        &lab,
+        "lb2",
+        Duration::from_secs(3),
+        "lb2 alone",
+        &logs(&[("lb2", &lb2)]),
+    );
+    let lb1 = start_lb(
+        &lab,
+        "lb1",
+        &[&v3[..], &["--priority", "100", "--no-preempt"]].concat(),
+    );
     // Several Master_Down_Intervals: lb1 hears lb2 and stays backup.
     thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -262,11 +318,21 @@ struct Keepalived {
 }
 
 impl Keepalived {
-    fn start(lab: &Lab, version: u8, priority: u8, interval: &str, pass: Option<&str>) -> Keepalived {
+    fn start(
+        lab: &Lab,
+        version: u8,
+        priority: u8,
+        interval: &str,
+        pass: Option<&str>,
+    ) -> Keepalived {
         let dir = lab.run_dir.join("keepalived");
         std::fs::create_dir_all(&dir).unwrap();
         let auth = pass
-            .map(|p| format!("    authentication {{\n        auth_type PASS\n        auth_pass {p}\n    }}\n"))
+            .map(|p| {
+                format!(
+                    "    authentication {{\n        auth_type PASS\n        auth_pass {p}\n    }}\n"
+                )
+            })
             .unwrap_or_default();
         let conf = format!(
             "global_defs {{\n    router_id lb2\n    vrrp_version {version}\n}}\n\
@@ -278,14 +344,20 @@ impl Keepalived {
         let path = dir.join("keepalived.conf");
         std::fs::write(&path, &conf).unwrap();
         let mut cmd = netns::command_in(&lab.host("lb2").ns.name, "keepalived");
-        cmd.args(["--dont-fork", "--log-console", "--log-detail", "--vrrp", "--use-file"])
-            .arg(&path)
-            .arg("--pid")
-            .arg(dir.join("k.pid"))
-            .arg("--vrrp_pid")
-            .arg(dir.join("v.pid"))
-            .arg("--checkers_pid")
-            .arg(dir.join("c.pid"));
+        cmd.args([
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--vrrp",
+            "--use-file",
+        ])
+        .arg(&path)
+        .arg("--pid")
+        .arg(dir.join("k.pid"))
+        .arg("--vrrp_pid")
+        .arg(dir.join("v.pid"))
+        .arg("--checkers_pid")
+        .arg(dir.join("c.pid"));
         let proc = Proc::spawn("keepalived on lb2", cmd, &dir.join("keepalived.log"))
             .expect("starting keepalived");
         Keepalived { proc }
@@ -302,13 +374,16 @@ impl Drop for Keepalived {
 /// priority orders and fail over both ways, for VRRPv2 with PASS and VRRPv3.
 #[test]
 fn interoperates_with_keepalived_v2_pass_and_v3_both_ways() {
-    for (version, interval_ka, interval_us, pass) in [
-        (2u8, "1", "1s", Some("1111")),
-        (3u8, "0.1", "100ms", None),
-    ] {
+    for (version, interval_ka, interval_us, pass) in
+        [(2u8, "1", "1s", Some("1111")), (3u8, "0.1", "100ms", None)]
+    {
         for xdplb_higher in [true, false] {
             let lab = lab();
-            let (ours, theirs) = if xdplb_higher { (100u8, 90u8) } else { (90, 100) };
+            let (ours, theirs) = if xdplb_higher {
+                (100u8, 90u8)
+            } else {
+                (90, 100)
+            };
             let case = format!("v{version} xdplb {ours} keepalived {theirs}");
             let version_s = version.to_string();
             let ours_s = ours.to_string();
@@ -326,28 +401,55 @@ fn interoperates_with_keepalived_v2_pass_and_v3_both_ways() {
             let mut ka = Keepalived::start(&lab, version, theirs, interval_ka, pass);
             let mut lb1 = start_lb(&lab, "lb1", &args);
             let diag = |lb1: &Agent, ka: &Keepalived| {
-                format!("{}--- keepalived\n{}", logs(&[("lb1", lb1)]), ka.proc.output())
+                format!(
+                    "{}--- keepalived\n{}",
+                    logs(&[("lb1", lb1)]),
+                    ka.proc.output()
+                )
             };
-            let (winner, loser) = if xdplb_higher { ("lb1", "lb2") } else { ("lb2", "lb1") };
-            let settle = if version == 2 { Duration::from_secs(8) } else { Duration::from_secs(3) };
-            expect_owner(&lab, winner, settle, &format!("{case}: election"), &diag(&lb1, &ka));
+            let (winner, loser) = if xdplb_higher {
+                ("lb1", "lb2")
+            } else {
+                ("lb2", "lb1")
+            };
+            let settle = if version == 2 {
+                Duration::from_secs(8)
+            } else {
+                Duration::from_secs(3)
+            };
+            expect_owner(
+                &lab,
+                winner,
+                settle,
+                &format!("{case}: election"),
+                &diag(&lb1, &ka),
+            );
             // Fail over: stop the master abruptly (SIGKILL leaves xdplb's
             // VIP on lb1, fenced by the data plane; keepalived's SIGKILL
             // leaves its VIP too), and the other must take over.
             if xdplb_higher {
                 lb1.proc.kill().unwrap();
                 let ok = within(settle, || holds_vip(&lab, loser));
-                assert!(ok.is_some(), "{case}: keepalived did not take over\n{}", diag(&lb1, &ka));
+                assert!(
+                    ok.is_some(),
+                    "{case}: keepalived did not take over\n{}",
+                    diag(&lb1, &ka)
+                );
                 let client = NsRuntime::new(lab.host("client"));
                 // keepalived's node has no balancer: the VIP answers ping.
                 let _ = client;
             } else {
                 ka.proc.kill().unwrap();
                 let ok = within(settle, || holds_vip(&lab, "lb1"));
-                assert!(ok.is_some(), "{case}: xdplb did not take over\n{}", diag(&lb1, &ka));
+                assert!(
+                    ok.is_some(),
+                    "{case}: xdplb did not take over\n{}",
+                    diag(&lb1, &ka)
+                );
                 let client = NsRuntime::new(lab.host("client"));
                 assert!(
-                    time_to_first_success(&client, vip_addr(&lab), Duration::from_secs(3)).is_some(),
+                    time_to_first_success(&client, vip_addr(&lab), Duration::from_secs(3))
+                        .is_some(),
                     "{case}: xdplb took the VIP but does not serve\n{}",
                     diag(&lb1, &ka)
                 );
@@ -371,11 +473,24 @@ fn vrrp_status(lab: &Lab, host: &str) -> serde_json::Value {
 #[test]
 fn forged_or_broken_adverts_never_change_state_and_are_counted_by_reason() {
     let lab = lab();
-    let v2 = ["--vrrp-version", "2", "--advert-int", "1s", "--auth-pass", "1111"];
+    let v2 = [
+        "--vrrp-version",
+        "2",
+        "--advert-int",
+        "1s",
+        "--auth-pass",
+        "1111",
+    ];
     let lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
     let lb2 = start_lb(&lab, "lb2", &[&v2[..], &["--priority", "90"]].concat());
     let both = || logs(&[("lb1", &lb1), ("lb2", &lb2)]);
-    expect_owner(&lab, "lb1", Duration::from_secs(8), "priority 100 over 90", &both());
+    expect_owner(
+        &lab,
+        "lb1",
+        Duration::from_secs(8),
+        "priority 100 over 90",
+        &both(),
+    );
 
     let vip = lab.vip();
     let client = lab.host("client").ip;
@@ -391,7 +506,12 @@ fn forged_or_broken_adverts_never_change_state_and_are_counted_by_reason() {
     let cases: Vec<(&str, Vec<u8>, u8)> = vec![
         (
             "bad_password",
-            Advert { auth: Auth::password("guess"), ..good.clone() }.encode(client, group).unwrap(),
+            Advert {
+                auth: Auth::password("guess"),
+                ..good.clone()
+            }
+            .encode(client, group)
+            .unwrap(),
             255,
         ),
         ("bad_ttl", good.encode(client, group).unwrap(), 64),
@@ -406,14 +526,22 @@ fn forged_or_broken_adverts_never_change_state_and_are_counted_by_reason() {
         ),
         (
             "vrid_mismatch",
-            Advert { vrid: 52, ..good.clone() }.encode(client, group).unwrap(),
+            Advert {
+                vrid: 52,
+                ..good.clone()
+            }
+            .encode(client, group)
+            .unwrap(),
             255,
         ),
         (
             "address_mismatch",
-            Advert { addresses: vec![vip, Ipv4Addr::new(10, 99, 0, 1)], ..good.clone() }
-                .encode(client, group)
-                .unwrap(),
+            Advert {
+                addresses: vec![vip, Ipv4Addr::new(10, 99, 0, 1)],
+                ..good.clone()
+            }
+            .encode(client, group)
+            .unwrap(),
             255,
         ),
     ];
@@ -428,11 +556,18 @@ fn forged_or_broken_adverts_never_change_state_and_are_counted_by_reason() {
     }
     // Several adverts later, nothing moved.
     thread::sleep(Duration::from_secs(2));
-    assert_eq!(owner(&lab), ["lb1"], "a forged advert moved the VIP\n{}", both());
+    assert_eq!(
+        owner(&lab),
+        ["lb1"],
+        "a forged advert moved the VIP\n{}",
+        both()
+    );
     for host in ["lb1", "lb2"] {
         let within_2s = within(Duration::from_secs(3), || {
             let s = vrrp_status(&lab, host);
-            cases.iter().all(|(reason, _, _)| s["rejects"][*reason].as_u64().unwrap_or(0) >= 1)
+            cases
+                .iter()
+                .all(|(reason, _, _)| s["rejects"][*reason].as_u64().unwrap_or(0) >= 1)
         });
         assert!(
             within_2s.is_some(),
@@ -487,11 +622,28 @@ fn unicast_peers_elect_and_fail_over_with_multicast_dropped_on_the_bridge() {
         &[&v3[..], &["--priority", "90", "--unicast-peer", &lb1_ip]].concat(),
     );
     let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
-    expect_owner(&lab, "lb1", Duration::from_secs(3), "unicast election", &both(&lb1));
+    expect_owner(
+        &lab,
+        "lb1",
+        Duration::from_secs(3),
+        "unicast election",
+        &both(&lb1),
+    );
     thread::sleep(Duration::from_millis(800));
-    assert_eq!(owner(&lab), ["lb1"], "lb2 must hear lb1 by unicast and stay backup\n{}", both(&lb1));
+    assert_eq!(
+        owner(&lab),
+        ["lb1"],
+        "lb2 must hear lb1 by unicast and stay backup\n{}",
+        both(&lb1)
+    );
     lb1.proc.kill().unwrap();
-    expect_owner(&lab, "lb2", Duration::from_secs(3), "unicast failover", &both(&lb1));
+    expect_owner(
+        &lab,
+        "lb2",
+        Duration::from_secs(3),
+        "unicast failover",
+        &both(&lb1),
+    );
 }
 
 #[test]
@@ -501,7 +653,13 @@ fn a_node_whose_backends_are_all_down_hands_mastership_to_one_whose_are_up() {
     let lb1 = start_lb(&lab, "lb1", &[&v3[..], &["--priority", "100"]].concat());
     let lb2 = start_lb(&lab, "lb2", &[&v3[..], &["--priority", "90"]].concat());
     let both = || logs(&[("lb1", &lb1), ("lb2", &lb2)]);
-    expect_owner(&lab, "lb1", Duration::from_secs(3), "priority 100 over 90", &both());
+    expect_owner(
+        &lab,
+        "lb1",
+        Duration::from_secs(3),
+        "priority 100 over 90",
+        &both(),
+    );
     // lb1's own health checks (from its address, through its stack) fail;
     // lb2's still pass. lb1's tracking lowers its priority to 50 < 90.
     nft(

@@ -230,7 +230,7 @@ fn every_backend_down_fails_open_over_all_of_them() {
         snat_ip: Ipv4Addr::LOCALHOST,
         ticks_per_s: 250,
         fence_after: None,
-            vrrp_vips: None,
+        vrrp_vips: None,
     });
     assert_eq!(failing, ["192.168.31.88:6443/tcp".to_string()]);
 

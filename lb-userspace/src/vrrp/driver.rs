@@ -12,11 +12,7 @@ use anyhow::Result;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::{
-    Action, Engine, State, Stats,
-    socket::VrrpSocket,
-    wire::Reject,
-};
+use super::{Action, Engine, State, Stats, socket::VrrpSocket, wire::Reject};
 
 /// What the driver tells the agent.
 #[derive(Clone, Debug)]
@@ -71,7 +67,7 @@ pub struct Handle {
 /// `report` (the agent wraps them into its events).
 pub fn spawn<F>(name: String, mut engine: Engine, socket: VrrpSocket, report: F) -> Handle
 where
-    F: Fn(Report) -> bool + Send + 'static,
+    F: Fn(Report) -> bool + Send + Sync + 'static,
 {
     let (commands, mut rx) = mpsc::unbounded_channel();
     let (snap_tx, snapshot) = watch::channel(Snapshot::of(&engine));
@@ -137,11 +133,20 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Runs the engine's queued actions in order.
-async fn carry_out<F>(name: &str, engine: &mut Engine, socket: &VrrpSocket, report: &F) -> Result<()>
+async fn carry_out<F>(
+    name: &str,
+    engine: &mut Engine,
+    socket: &VrrpSocket,
+    report: &F,
+) -> Result<()>
 where
     F: Fn(Report) -> bool,
 {
+    let mut just_became_master = false;
     while let Some(action) = engine.poll_action() {
+        if action == Action::BecomeMaster {
+            just_became_master = true;
+        }
         match action {
             Action::Send(out) => {
                 if let Err(e) = socket.send(&out.payload, out.dst).await {
@@ -157,9 +162,13 @@ where
             Action::Stopped => {
                 report(Report::State(State::Initialize));
             }
-            Action::SendGarp { .. } => {
+            // Becoming master queues a burst too, which the VIP set sends
+            // as it adds the addresses; only a later one (another master
+            // gave way) is asked for.
+            Action::SendGarp { .. } if engine.stats().became_master > 0 && !just_became_master => {
                 report(Report::Garp);
             }
+            Action::SendGarp { .. } => {}
         }
     }
     Ok(())

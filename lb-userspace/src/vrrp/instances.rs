@@ -3,13 +3,7 @@
 //! that into inputs of the plan (which VIPs this node owns, whether its
 //! data plane is active, how long it may go without a heartbeat).
 
-use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
-    path::Path,
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, process::Stdio, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{sync::oneshot, time::timeout};
@@ -63,7 +57,7 @@ impl Instances {
         report: F,
     ) -> Result<Instances>
     where
-        F: Fn(usize, Report) -> bool + Clone + Send + 'static,
+        F: Fn(usize, Report) -> bool + Clone + Send + Sync + 'static,
     {
         let mut list = Vec::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
@@ -126,9 +120,8 @@ impl Instances {
     /// How often to refresh the heartbeat: four times per fencing window,
     /// so one late tick of a busy agent does not fence a live node.
     pub fn heartbeat_every(&self) -> Option<Duration> {
-        self.fence_after().map(|f| {
-            (f / 12).clamp(Duration::from_millis(10), Duration::from_millis(500))
-        })
+        self.fence_after()
+            .map(|f| (f / 12).clamp(Duration::from_millis(10), Duration::from_millis(500)))
     }
 
     /// A script's result (`ok`), with keepalived's rise/fall.
@@ -171,7 +164,10 @@ impl Instances {
                 let up = (inputs.services_up)(&s.service);
                 if up < s.min_up as usize {
                     delta -= i32::from(s.weight);
-                    failing.push(format!("service {} ({up} of {} backends up)", s.service, s.min_up));
+                    failing.push(format!(
+                        "service {} ({up} of {} backends up)",
+                        s.service, s.min_up
+                    ));
                 }
             }
             for i in &t.interfaces {

@@ -29,7 +29,10 @@
 //! ```
 
 pub mod config;
+pub mod driver;
 pub mod engine;
+pub mod instances;
+pub mod socket;
 pub mod wire;
 
 pub use config::{Config, ConfigError, InitialState};
