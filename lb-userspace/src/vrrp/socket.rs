@@ -41,7 +41,8 @@ impl VrrpSocket {
         let raw = || -> Result<Socket> {
             let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_VRRP)))
                 .with_context(what)?;
-            sock.bind_device(Some(iface.as_bytes())).with_context(what)?;
+            sock.bind_device(Some(iface.as_bytes()))
+                .with_context(what)?;
             sock.set_nonblocking(true).with_context(what)?;
             Ok(sock)
         };
@@ -61,8 +62,9 @@ impl VrrpSocket {
         }
         // SAFETY: each socket owns its descriptor and keeps it open, the
         // same one, for as long as its AsyncFd holds it.
-        let register = |s: Socket| unsafe { AsyncFd::register(s) }
-            .map_err(|e| anyhow::anyhow!("{}: {e}", what()));
+        let register = |s: Socket| {
+            unsafe { AsyncFd::register(s) }.map_err(|e| anyhow::anyhow!("{}: {e}", what()))
+        };
         Ok(VrrpSocket {
             send: register(send)?,
             recv: register(recv)?,
