@@ -296,7 +296,14 @@ impl Agent {
                 refresh_repeat: v.garp.refresh_repeat,
             });
         let clock = Jiffies::start(ticks_per_s)?;
-        if vrrp_on {
+        // An agent restarted while its data plane was still master (active,
+        // heartbeat fresh) takes up where it left off: no connection is
+        // lost, no VIP removed. Anything else starts as a backup.
+        let resume = vrrp_on && {
+            let c = reconciler.maps().config()?;
+            c.fence_after != 0 && c.active(clock.now())
+        };
+        if vrrp_on && !resume {
             // A VIP left on the interface by an agent that was killed is
             // not ours until VRRP says so: a backup must not answer for it.
             let all: BTreeSet<Ipv4Addr> = config
@@ -314,7 +321,11 @@ impl Agent {
             drained: BTreeSet::new(),
             // Without VRRP the node owns its VIPs; with it, it starts as a
             // backup (fenced, no VIP) until its instances say otherwise.
-            role: if vrrp_on { Role::Backup } else { Role::Master },
+            role: if vrrp_on && !resume {
+                Role::Backup
+            } else {
+                Role::Master
+            },
             snat_ip,
             ticks_per_s,
             local: BTreeSet::new(),
@@ -346,6 +357,7 @@ impl Agent {
                 &args.iface,
                 ifindex,
                 primary,
+                resume,
                 move |i, r| report_tx.send(Event::Vrrp(i, r)).is_ok(),
             )?);
             // The heartbeat and fencing window now apply.

@@ -685,3 +685,69 @@ fn a_node_whose_backends_are_all_down_hands_mastership_to_one_whose_are_up() {
         both()
     );
 }
+
+/// A master's agent killed and restarted within Master_Down_Interval (v2,
+/// 1 s adverts: 3.6 s for lb2) adopts its data plane as master again: a
+/// connection held through the VIP keeps working, and lb2 never takes over.
+#[test]
+fn a_master_restarted_within_the_window_resumes_and_keeps_connections() {
+    let lab = lab();
+    let v2 = [
+        "--vrrp-version",
+        "2",
+        "--advert-int",
+        "1s",
+        "--keep-dataplane",
+    ];
+    let mut lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
+    let lb2 = start_lb(&lab, "lb2", &[&v2[..], &["--priority", "90"]].concat());
+    let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
+    expect_owner(
+        &lab,
+        "lb1",
+        Duration::from_secs(8),
+        "priority 100 over 90",
+        &both(&lb1),
+    );
+
+    let client = NsRuntime::new(lab.host("client"));
+    let vip = vip_addr(&lab);
+    let mut conn = client
+        .run(async move { Conn::open(vip).await })
+        .unwrap_or_else(|e| panic!("opening a connection through lb1: {e:#}\n{}", both(&lb1)));
+    let first = client.run(async move {
+        let r = conn.get("/version").await;
+        (conn, r)
+    });
+    let (mut conn, r) = first;
+    let backend = r.expect("a first request").backend;
+
+    lb1.proc.kill().unwrap();
+    let lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
+    assert!(
+        lb1.output().contains("resuming as master"),
+        "the restarted agent must resume mastership\n{}",
+        both(&lb1)
+    );
+    for i in 0..5 {
+        let (c, r) = client.run(async move {
+            let r = conn.get("/version").await;
+            (conn, r)
+        });
+        conn = c;
+        let r = r.unwrap_or_else(|e| {
+            panic!(
+                "request {i} on the held connection failed: {e:#}\n{}",
+                both(&lb1)
+            )
+        });
+        assert_eq!(r.backend, backend, "the held connection moved backend");
+        thread::sleep(Duration::from_millis(800));
+    }
+    assert_eq!(owner(&lab), ["lb1"]);
+    assert!(
+        !lb2.output().contains("entering MASTER"),
+        "lb2 must never have taken over\n{}",
+        both(&lb1)
+    );
+}

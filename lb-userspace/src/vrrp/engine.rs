@@ -153,6 +153,22 @@ impl Engine {
         }
     }
 
+    /// Resumes mastership at once, for an agent that restarted and found
+    /// its data plane still active with a fresh heartbeat: this node was
+    /// master a moment ago, its VIPs and flows are still in place, and
+    /// waiting Master_Down_Interval as a backup would fence them and hand
+    /// every connection to a backup that has no state for them. A higher
+    /// master, if one took over meanwhile, is heard and yielded to as
+    /// usual. Only from the initial backup state; the Backup it queued at
+    /// start is withdrawn, so the driver never reports it.
+    pub fn resume_master(&mut self, now: Instant) {
+        if self.state != State::Backup || self.stats.adverts_received > 0 {
+            return;
+        }
+        self.actions.retain(|a| *a != Action::BecomeBackup);
+        self.become_master(now);
+    }
+
     /// Shutdown (RFC 5798 §6.4.2, §6.4.3): a master sends priority 0 so a
     /// backup takes over after its skew time rather than the whole
     /// Master_Down_Interval; then Initialize.

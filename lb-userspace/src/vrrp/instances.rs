@@ -54,6 +54,7 @@ impl Instances {
         iface: &str,
         ifindex: u32,
         primary: Ipv4Addr,
+        resume: bool,
         report: F,
     ) -> Result<Instances>
     where
@@ -62,8 +63,12 @@ impl Instances {
         let mut list = Vec::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
             let engine_config = engine_config(c, primary);
-            let engine = Engine::new(engine_config, std::time::Instant::now())
+            let mut engine = Engine::new(engine_config, std::time::Instant::now())
                 .map_err(|e| anyhow::anyhow!("vrrp \"{}\": {e}", c.name))?;
+            if resume {
+                engine.resume_master(std::time::Instant::now());
+                info!(instance = %c.name, "resuming as master: the adopted data plane was active with a fresh heartbeat");
+            }
             let socket = VrrpSocket::open(iface, ifindex, primary, c.unicast_peers.is_empty())
                 .with_context(|| format!("vrrp \"{}\"", c.name))?;
             let r = report.clone();
@@ -89,7 +94,13 @@ impl Instances {
                 scripts: vec![ScriptState::default(); c.track.scripts.len()],
                 config: c.clone(),
                 handle,
-                state: State::Initialize,
+                // A resumed instance is master from the start: the first
+                // plan after spawning must keep its VIPs.
+                state: if resume {
+                    State::Master
+                } else {
+                    State::Initialize
+                },
                 delta: 0,
             });
         }
