@@ -6,6 +6,7 @@
 //! `bench/results/<date>.{md,json,png}` and prints the summary.
 
 mod e2e;
+mod failover;
 mod mpps;
 mod pkt;
 mod report;
@@ -23,7 +24,8 @@ struct Cli {
     /// Smoke run (under 2 minutes); CI may run it, results are not meaningful.
     #[arg(long)]
     quick: bool,
-    /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e.
+    /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e,
+    /// failover.
     /// Results go to <date>-partial.*, which is not committed.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
@@ -142,9 +144,14 @@ pub fn run(opts: Options, only: &[String]) -> Result<()> {
             e2e::cpu_per_request,
         ),
         ("e2e", "end to end in the lab: latency", e2e::latency),
+        (
+            "failover",
+            "VRRP failover beside keepalived + haproxy",
+            failover::run,
+        ),
     ];
     if let Some(bad) = only.iter().find(|o| !parts.iter().any(|(k, _, _)| k == o)) {
-        anyhow::bail!("--only {bad}: not a part (pkt, scale, memory, mpps, e2e)");
+        anyhow::bail!("--only {bad}: not a part (pkt, scale, memory, mpps, e2e, failover)");
     }
     let partial = !only.is_empty();
     for (key, name, part) in parts {

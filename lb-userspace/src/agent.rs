@@ -368,6 +368,23 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Calls `f` with the planner's inputs as the agent holds them now.
+    fn with_inputs<R>(&self, f: impl FnOnce(&Inputs) -> R) -> R {
+        let down = self.health.down();
+        let owned = self.vrrp.as_ref().map(Instances::owned_vips);
+        f(&Inputs {
+            config: &self.config,
+            down: &down,
+            drained: &self.drained,
+            role: self.role,
+            local: &self.local,
+            snat_ip: self.snat_ip,
+            ticks_per_s: self.ticks_per_s,
+            fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
+            vrrp_vips: owned.as_ref(),
+        })
+    }
+
     /// Plans from the current inputs and carries the plan out: maps and
     /// `active` first, then the VIPs. A map write that fails is an error
     /// (the caller decides how bad); a VIP that cannot be added is logged
@@ -380,20 +397,7 @@ impl Agent {
                 &format!("reading the node's addresses: {e:#}"),
             ),
         }
-        let down = self.health.down();
-        let owned = self.vrrp.as_ref().map(Instances::owned_vips);
-        let inputs = Inputs {
-            config: &self.config,
-            down: &down,
-            drained: &self.drained,
-            role: self.role,
-            local: &self.local,
-            snat_ip: self.snat_ip,
-            ticks_per_s: self.ticks_per_s,
-            fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
-            vrrp_vips: owned.as_ref(),
-        };
-        let desired = plan::plan(&inputs);
+        let desired = self.with_inputs(plan::plan);
         let changes = self.reconciler.apply(&desired)?;
         for line in changes.lines() {
             info!("{line}");
@@ -610,20 +614,7 @@ impl Agent {
         else {
             return;
         };
-        let down = self.health.down();
-        let owned = self.vrrp.as_ref().map(Instances::owned_vips);
-        let inputs = Inputs {
-            config: &self.config,
-            down: &down,
-            drained: &self.drained,
-            role: self.role,
-            local: &self.local,
-            snat_ip: self.snat_ip,
-            ticks_per_s: self.ticks_per_s,
-            fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
-            vrrp_vips: owned.as_ref(),
-        };
-        let failing_open = plan::failing_open(&inputs).contains(&service.name);
+        let failing_open = self.with_inputs(plan::failing_open).contains(&service.name);
         if failing_open {
             error!(
                 "service {}: ALL BACKENDS ARE DOWN; still balancing over all of them rather than refusing connections",

@@ -16,8 +16,12 @@ use std::{
 };
 
 use lab::{
-    Agent, Lab, LabOptions, apiserver::PORT, bed::NsRuntime, client::Conn, netns, proc::Proc,
-    require_root,
+    Agent, Lab, LabOptions,
+    apiserver::PORT,
+    bed::NsRuntime,
+    client::Conn,
+    keepalived::{Keepalived, KeepalivedOptions},
+    netns, require_root,
 };
 use lb_userspace::vrrp::{Advert, Auth, Version};
 
@@ -174,6 +178,16 @@ fn vip_addr(lab: &Lab) -> SocketAddr {
     SocketAddr::from((lab.vip(), PORT))
 }
 
+/// lb1 (priority 100) and lb2 (90) with the VRRP flags `timers`, once lb1
+/// holds the VIP alone (within `settle`).
+fn elected_pair(lab: &Lab, timers: &[&str], settle: Duration) -> (Agent, Agent) {
+    let lb1 = start_lb(lab, "lb1", &[timers, &["--priority", "100"]].concat());
+    let lb2 = start_lb(lab, "lb2", &[timers, &["--priority", "90"]].concat());
+    let diag = logs(&[("lb1", &lb1), ("lb2", &lb2)]);
+    expect_owner(lab, "lb1", settle, "priority 100 over 90", &diag);
+    (lb1, lb2)
+}
+
 /// v3, 100 ms adverts: Master_Down_Interval of lb2 (priority 90) is
 /// 3 × 100 ms + 65 ms.
 const V3_FAST: [&str; 4] = ["--vrrp-version", "3", "--advert-int", "100ms"];
@@ -181,18 +195,8 @@ const V3_FAST: [&str; 4] = ["--vrrp-version", "3", "--advert-int", "100ms"];
 #[test]
 fn kill_9_of_the_master_moves_the_vip_and_silences_the_dead_nodes_arp() {
     let lab = lab();
-    let lb1_args = [&V3_FAST[..], &["--priority", "100"]].concat();
-    let lb2_args = [&V3_FAST[..], &["--priority", "90"]].concat();
-    let mut lb1 = start_lb(&lab, "lb1", &lb1_args);
-    let lb2 = start_lb(&lab, "lb2", &lb2_args);
+    let (mut lb1, lb2) = elected_pair(&lab, &V3_FAST, Duration::from_secs(3));
     let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
-    expect_owner(
-        &lab,
-        "lb1",
-        Duration::from_secs(3),
-        "priority 100 over 90",
-        &both(&lb1),
-    );
     let client = NsRuntime::new(lab.host("client"));
     let vip = vip_addr(&lab);
     assert!(
@@ -251,16 +255,8 @@ fn sigterm_hands_over_within_the_skew_time_and_preempt_takes_it_back() {
     // 1 s adverts: a plain timeout would take 3.65 s; priority 0 makes it
     // lb2's skew time, 0.65 s.
     let v3 = ["--vrrp-version", "3", "--advert-int", "1s"];
-    let mut lb1 = start_lb(&lab, "lb1", &[&v3[..], &["--priority", "100"]].concat());
-    let lb2 = start_lb(&lab, "lb2", &[&v3[..], &["--priority", "90"]].concat());
+    let (mut lb1, lb2) = elected_pair(&lab, &v3, Duration::from_secs(6));
     let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
-    expect_owner(
-        &lab,
-        "lb1",
-        Duration::from_secs(6),
-        "priority 100 over 90",
-        &both(&lb1),
-    );
 
     let start = Instant::now();
     lb1.terminate().expect("SIGTERM lb1");
@@ -316,64 +312,6 @@ fn no_preempt_leaves_the_vip_with_the_lower_priority_master() {
     assert!(lb1.output().contains("entering BACKUP state"));
 }
 
-/// keepalived in lb2's namespace, with a config the test writes.
-struct Keepalived {
-    proc: Proc,
-}
-
-impl Keepalived {
-    fn start(
-        lab: &Lab,
-        version: u8,
-        priority: u8,
-        interval: &str,
-        pass: Option<&str>,
-    ) -> Keepalived {
-        let dir = lab.run_dir.join("keepalived");
-        std::fs::create_dir_all(&dir).unwrap();
-        let auth = pass
-            .map(|p| {
-                format!(
-                    "    authentication {{\n        auth_type PASS\n        auth_pass {p}\n    }}\n"
-                )
-            })
-            .unwrap_or_default();
-        let conf = format!(
-            "global_defs {{\n    router_id lb2\n    vrrp_version {version}\n}}\n\
-             vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id {VRID}\n\
-             \x20   priority {priority}\n    advert_int {interval}\n{auth}\
-             \x20   virtual_ipaddress {{\n        {}/32 dev eth0\n    }}\n}}\n",
-            lab.vip()
-        );
-        let path = dir.join("keepalived.conf");
-        std::fs::write(&path, &conf).unwrap();
-        let mut cmd = netns::command_in(&lab.host("lb2").ns.name, "keepalived");
-        cmd.args([
-            "--dont-fork",
-            "--log-console",
-            "--log-detail",
-            "--vrrp",
-            "--use-file",
-        ])
-        .arg(&path)
-        .arg("--pid")
-        .arg(dir.join("k.pid"))
-        .arg("--vrrp_pid")
-        .arg(dir.join("v.pid"))
-        .arg("--checkers_pid")
-        .arg(dir.join("c.pid"));
-        let proc = Proc::spawn("keepalived on lb2", cmd, &dir.join("keepalived.log"))
-            .expect("starting keepalived");
-        Keepalived { proc }
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let _ = self.proc.stop(Duration::from_secs(3));
-    }
-}
-
 /// xdplb on lb1 and keepalived on lb2 elect the right master in both
 /// priority orders and fail over both ways, for VRRPv2 with PASS and VRRPv3.
 #[test]
@@ -402,7 +340,18 @@ fn interoperates_with_keepalived_v2_pass_and_v3_both_ways() {
             if let Some(p) = pass {
                 args.extend(["--auth-pass", p]);
             }
-            let mut ka = Keepalived::start(&lab, version, theirs, interval_ka, pass);
+            let mut ka = Keepalived::start(
+                &lab,
+                &KeepalivedOptions {
+                    host: "lb2",
+                    vrid: 51,
+                    version,
+                    priority: theirs,
+                    advert_int: interval_ka,
+                    auth_pass: pass,
+                },
+            )
+            .expect("starting keepalived");
             let mut lb1 = start_lb(&lab, "lb1", &args);
             let diag = |lb1: &Agent, ka: &Keepalived| {
                 format!(
@@ -485,16 +434,8 @@ fn forged_or_broken_adverts_never_change_state_and_are_counted_by_reason() {
         "--auth-pass",
         "1111",
     ];
-    let lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
-    let lb2 = start_lb(&lab, "lb2", &[&v2[..], &["--priority", "90"]].concat());
+    let (lb1, lb2) = elected_pair(&lab, &v2, Duration::from_secs(8));
     let both = || logs(&[("lb1", &lb1), ("lb2", &lb2)]);
-    expect_owner(
-        &lab,
-        "lb1",
-        Duration::from_secs(8),
-        "priority 100 over 90",
-        &both(),
-    );
 
     let vip = lab.vip();
     let client = lab.host("client").ip;
@@ -655,16 +596,8 @@ fn unicast_peers_elect_and_fail_over_with_multicast_dropped_on_the_bridge() {
 fn a_node_whose_backends_are_all_down_hands_mastership_to_one_whose_are_up() {
     let lab = lab();
     let v3 = ["--vrrp-version", "3", "--advert-int", "100ms"];
-    let lb1 = start_lb(&lab, "lb1", &[&v3[..], &["--priority", "100"]].concat());
-    let lb2 = start_lb(&lab, "lb2", &[&v3[..], &["--priority", "90"]].concat());
+    let (lb1, lb2) = elected_pair(&lab, &v3, Duration::from_secs(3));
     let both = || logs(&[("lb1", &lb1), ("lb2", &lb2)]);
-    expect_owner(
-        &lab,
-        "lb1",
-        Duration::from_secs(3),
-        "priority 100 over 90",
-        &both(),
-    );
     // lb1's own health checks (from its address, through its stack) fail;
     // lb2's still pass. lb1's tracking lowers its priority to 50 < 90.
     nft(
@@ -699,16 +632,8 @@ fn a_master_restarted_within_the_window_resumes_and_keeps_connections() {
         "1s",
         "--keep-dataplane",
     ];
-    let mut lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
-    let lb2 = start_lb(&lab, "lb2", &[&v2[..], &["--priority", "90"]].concat());
+    let (mut lb1, lb2) = elected_pair(&lab, &v2, Duration::from_secs(8));
     let both = |lb1: &Agent| logs(&[("lb1", lb1), ("lb2", &lb2)]);
-    expect_owner(
-        &lab,
-        "lb1",
-        Duration::from_secs(8),
-        "priority 100 over 90",
-        &both(&lb1),
-    );
 
     let client = NsRuntime::new(lab.host("client"));
     let vip = vip_addr(&lab);

@@ -51,7 +51,8 @@ enum Cmd {
         /// Smoke run (under 2 minutes); CI may run it, results are not meaningful.
         #[arg(long)]
         quick: bool,
-        /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e.
+        /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e,
+        /// failover.
         /// Results go to <date>-partial.*, which is not committed.
         #[arg(long, value_name = "PART")]
         only: Vec<String>,
