@@ -142,7 +142,18 @@ pub async fn run(args: Args) -> Result<()> {
     };
     match agent.serve(tx, rx).await {
         Ok(mut agent) => {
-            if let Some(v) = agent.vrrp.take() {
+            if agent.config.keep_dataplane
+                && let Some(v) = agent.vrrp.take()
+            {
+                // Left as a crash leaves it: mastership, VIPs and the data
+                // plane stay; the next agent resumes within the fencing
+                // window (3 × advert interval), or the data plane fences
+                // itself and a backup takes over.
+                v.abandon();
+                info!(
+                    "--keep-dataplane: VRRP left as it is for the next agent (it must start within 3 × the advert interval, or the data plane fences itself)"
+                );
+            } else if let Some(v) = agent.vrrp.take() {
                 // Resign first (priority 0: a backup takes over after its
                 // skew time), then fence and let the VIPs go, in that order.
                 v.shutdown(Duration::from_secs(1)).await;

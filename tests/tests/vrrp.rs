@@ -647,27 +647,39 @@ fn a_master_restarted_within_the_window_resumes_and_keeps_connections() {
     let (mut conn, r) = first;
     let backend = r.expect("a first request").backend;
 
-    lb1.proc.kill().unwrap();
-    let lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
-    assert!(
-        lb1.output().contains("resuming as master"),
-        "the restarted agent must resume mastership\n{}",
-        both(&lb1)
-    );
-    for i in 0..5 {
-        let (c, r) = client.run(async move {
-            let r = conn.get("/version").await;
-            (conn, r)
-        });
-        conn = c;
-        let r = r.unwrap_or_else(|e| {
-            panic!(
-                "request {i} on the held connection failed: {e:#}\n{}",
-                both(&lb1)
-            )
-        });
-        assert_eq!(r.backend, backend, "the held connection moved backend");
-        thread::sleep(Duration::from_millis(800));
+    // First a crash, then a planned restart (SIGTERM with
+    // --keep-dataplane leaves everything as a crash does).
+    for how in ["kill -9", "SIGTERM with --keep-dataplane"] {
+        if how == "kill -9" {
+            lb1.proc.kill().unwrap();
+        } else {
+            let status = lb1.terminate().expect("SIGTERM lb1");
+            assert!(status.success(), "{how}: exit {status}\n{}", both(&lb1));
+        }
+        lb1 = start_lb(&lab, "lb1", &[&v2[..], &["--priority", "100"]].concat());
+        assert!(
+            lb1.output().contains("resuming as master"),
+            "after {how}, the restarted agent must resume mastership\n{}",
+            both(&lb1)
+        );
+        for i in 0..3 {
+            let (c, r) = client.run(async move {
+                let r = conn.get("/version").await;
+                (conn, r)
+            });
+            conn = c;
+            let r = r.unwrap_or_else(|e| {
+                panic!(
+                    "after {how}, request {i} on the held connection failed: {e:#}\n{}",
+                    both(&lb1)
+                )
+            });
+            assert_eq!(
+                r.backend, backend,
+                "after {how}, the held connection moved backend"
+            );
+            thread::sleep(Duration::from_millis(800));
+        }
     }
     assert_eq!(owner(&lab), ["lb1"]);
     assert!(

@@ -31,6 +31,10 @@ pub enum Command {
     /// Resign (a master sends priority 0) and stop; answered when the
     /// adverts are out.
     Shutdown(oneshot::Sender<()>),
+    /// Stop without a word, as a crash would: the next agent adopts the
+    /// data plane and resumes, or the data plane fences itself when the
+    /// heartbeat stops (`--keep-dataplane`).
+    Abandon,
 }
 
 /// One instance's state as the driver last saw it, for status and metrics.
@@ -112,6 +116,7 @@ where
                         engine.shutdown(Instant::now());
                         done = Some(reply);
                     }
+                    Some(Command::Abandon) => return,
                     // The agent is gone without a word: resign all the same.
                     None => {
                         engine.shutdown(Instant::now());

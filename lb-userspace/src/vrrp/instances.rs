@@ -223,6 +223,13 @@ impl Instances {
         .await;
     }
 
+    /// Every driver stops without resigning (see [`Command::Abandon`]).
+    pub fn abandon(&self) {
+        for inst in &self.list {
+            let _ = inst.handle.commands.send(Command::Abandon);
+        }
+    }
+
     pub fn snapshots(&self) -> Vec<(String, Snapshot)> {
         self.list
             .iter()
