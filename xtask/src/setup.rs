@@ -36,8 +36,10 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     // The VRRP peer the failover tests and the benchmark run beside xdplb.
     "keepalived",
-    // Raw frames for the VRRP tests (ARP replies, injected adverts).
+    // ARP requests for the VRRP tests (who answers for the VIP).
     "arping",
+    // systemd-analyze, to verify the packaged unit.
+    "systemd",
 ];
 
 pub fn run() -> Result<()> {

@@ -337,3 +337,20 @@ fn file_errors_name_file_line_and_value() {
         assert_has(&toml_err(&text), &want);
     }
 }
+
+/// The packaged /etc/xdplb/xdplb.toml (the seeds' lb1): three apiservers
+/// behind the VIP, keepalived's VI_1 as a [[vrrp]] instance tracking them.
+#[test]
+fn packaged_config_is_the_seeds_lb1() {
+    let c = Config::from_toml_str(
+        include_str!("../../../../packaging/xdplb.toml"),
+        "packaging/xdplb.toml",
+    )
+    .unwrap_or_else(|e| panic!("the packaged config must parse: {e:#}"));
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services[0].backends.len(), 3);
+    let v = &c.vrrp[0];
+    assert_eq!((v.vrid, v.priority, v.initial_master), (51, 100, true));
+    assert_eq!(v.vips, [Ipv4Addr::new(192, 168, 31, 88)]);
+    assert_eq!(v.track.services[0].service, "k8s-apiserver");
+}
