@@ -53,8 +53,6 @@ pub enum Event {
     Health(health::Event),
     /// SIGHUP: re-read the configuration.
     Reload,
-    /// This node's VRRP role changed.
-    Role(Role),
     /// An operator drained (true) or re-enabled (false) a backend.
     Drain(SocketAddrV4, bool),
     /// Time to log the counters.
@@ -460,12 +458,6 @@ impl Agent {
                 }
                 Event::Health(e) => self.on_health(e).await,
                 Event::Reload => self.reload().await,
-                Event::Role(role) => {
-                    self.role = role;
-                    if let Err(e) = self.converge().await {
-                        return Err((Box::new(self), e.context("applying a role change")));
-                    }
-                }
                 Event::Drain(backend, drained) => {
                     if drained {
                         self.drained.insert(backend);
