@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "keepalived",
     // Raw frames for the VRRP tests (ARP replies, injected adverts).
     "arping",
+    // Headless, for the admin tests: loads the status page, takes screenshots.
+    "chromium",
 ];
 
 pub fn run() -> Result<()> {
