@@ -31,7 +31,7 @@ use tracing::{Level, error, info, warn};
 
 use crate::{
     admin::{self, Status, status::Journal},
-    cli::{Admin, Args},
+    cli::{Admin, Args, DEFAULT_ADMIN},
     config::{Config, OnDown},
     flows, health,
     health::Health,
@@ -117,7 +117,7 @@ pub async fn run(args: Args) -> Result<()> {
         .context("measuring the data plane's clock rate (the kernel's HZ)")?;
 
     let vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
-    if let Admin::At(addr) = args.admin {
+    if let Some(Admin::At(addr)) = args.admin {
         let on_vip = vips
             .iter()
             .chain(config.vrrp.iter().flat_map(|v| &v.vips))
@@ -128,10 +128,20 @@ pub async fn run(args: Args) -> Result<()> {
              between nodes); give the node's own address"
         );
     }
-    // The admin endpoint's port is taken before the kernel is touched.
+    // The admin endpoint's port is taken before the kernel is touched. An
+    // address the operator gave must be had; the default is a convenience
+    // that must not stop a node from balancing (a second agent on the node,
+    // a namespace whose loopback is down).
     let admin_listener = match args.admin {
-        Admin::At(addr) => Some(admin::bind(addr).await?),
-        Admin::Off => None,
+        Some(Admin::At(addr)) => Some(admin::bind(addr).await?),
+        Some(Admin::Off) => None,
+        None => match admin::bind(DEFAULT_ADMIN).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                warn!("{e:#}; running without it");
+                None
+            }
+        },
     };
 
     let snat_ip = match config.snat_ip {

@@ -190,10 +190,11 @@ pub struct Args {
     /// The admin endpoint (/metrics, /status, the status page at /, and
     /// the commands): where the agent listens, and where the subcommands
     /// reach it. `off` turns it off. Anyone who can reach it can drain
-    /// backends and reload: keep it on the node (or set --admin-token).
-    #[arg(long, value_name = "ADDR:PORT|off", default_value = DEFAULT_ADMIN,
-          value_parser = parse_admin, global = true)]
-    pub admin: Admin,
+    /// backends and reload: keep it on the node (or set --admin-token). An
+    /// address given here must be free, or the agent does not start; the
+    /// default is taken if it can be. [default: 127.0.0.1:9640]
+    #[arg(long, value_name = "ADDR:PORT|off", value_parser = parse_admin, global = true)]
+    pub admin: Option<Admin>,
 
     /// Require this token on the admin endpoint: `Authorization: Bearer
     /// TOKEN`, or basic auth with any user and TOKEN as the password (a
@@ -249,9 +250,9 @@ pub enum BackendAction {
     },
 }
 
-/// Where the admin endpoint listens: on the node, never on a VIP, unless
-/// told otherwise.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9640";
+/// Where the admin endpoint listens unless told otherwise: on the node,
+/// never on a VIP.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9640));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admin {
@@ -282,6 +283,11 @@ pub enum XdpAttachMode {
 }
 
 impl Args {
+    /// Where the admin endpoint is (`--admin`, or the default).
+    pub fn admin(&self) -> Admin {
+        self.admin.unwrap_or(Admin::At(DEFAULT_ADMIN))
+    }
+
     /// The interface the agent attaches to (empty only for a subcommand,
     /// which has none).
     pub fn iface(&self) -> &str {

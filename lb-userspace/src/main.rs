@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     if let Some(command) = &args.command {
         let asked = runtime.block_on(lb_userspace::admin::client::run(
             command,
-            args.admin,
+            args.admin(),
             args.admin_token.as_deref(),
         ));
         return match asked {

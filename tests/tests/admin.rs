@@ -325,6 +325,37 @@ fn metrics_status_and_the_status_command_show_the_lab() {
     };
     refused("lb1", SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)));
     refused("client", SocketAddr::from((lab.vip(), ADMIN_PORT)));
+    // An address given with --admin must be had: a second agent asking for
+    // the taken one stops before it touches the kernel, saying why.
+    // lb2's pin directory: unused here, and the lab removes it.
+    let pins = lab.pin_dir("lb2");
+    let vip = lab.vip().to_string();
+    let backend = bed.backends["api1"].to_string();
+    let second = xdplb(
+        lab.host("lb1"),
+        &[
+            "--iface",
+            "eth0",
+            "--vip",
+            &vip,
+            "--backend",
+            &backend,
+            "--admin",
+            &admin.to_string(),
+            "--pin-dir",
+            &pins.display().to_string(),
+        ],
+    );
+    assert!(
+        !second.status.success()
+            && text(&second.stderr)
+                .contains(&format!("the admin endpoint cannot listen on {admin}")),
+        "expected a second agent with the same --admin to refuse to start, got {:?}: {}",
+        second.status,
+        text(&second.stderr)
+    );
+    let pinned = fs::read_dir(&pins).map_or(0, |d| d.count());
+    assert_eq!(pinned, 0, "the second agent pinned maps before failing");
     let out = xdplb(lab.host("client"), &["status"]);
     assert!(
         !out.status.success()

@@ -627,7 +627,8 @@ fn subcommands_need_neither_iface_nor_a_service() {
     };
     let a = parse(&["xdplb", "status"]);
     assert_eq!(a.command, Some(Command::Status { json: false }));
-    assert_eq!(a.admin, Admin::At("127.0.0.1:9640".parse().unwrap()));
+    assert_eq!(a.admin, None, "not given");
+    assert_eq!(a.admin(), Admin::At("127.0.0.1:9640".parse().unwrap()));
     // --admin and --admin-token go before or after the subcommand.
     let a = parse(&[
         "xdplb",
@@ -647,14 +648,14 @@ fn subcommands_need_neither_iface_nor_a_service() {
             }
         })
     );
-    assert_eq!(a.admin, Admin::At("10.0.0.2:9000".parse().unwrap()));
+    assert_eq!(a.admin(), Admin::At("10.0.0.2:9000".parse().unwrap()));
     assert_eq!(a.admin_token.as_deref(), Some("t"));
     let a = parse(&["xdplb", "--admin", "127.0.0.1:1", "reload"]);
     assert_eq!(
         (a.command, a.admin),
         (
             Some(Command::Reload),
-            Admin::At("127.0.0.1:1".parse().unwrap())
+            Some(Admin::At("127.0.0.1:1".parse().unwrap()))
         )
     );
 }
@@ -691,7 +692,7 @@ fn admin_flag() {
         "--admin",
         "off",
     ]);
-    assert_eq!(a.admin, Admin::Off);
+    assert_eq!(a.admin, Some(Admin::Off));
     let a = args(&[
         "--vip",
         "10.0.0.100",
@@ -700,7 +701,7 @@ fn admin_flag() {
         "--admin",
         "[::1]:9640",
     ]);
-    assert_eq!(a.admin, Admin::At("[::1]:9640".parse().unwrap()));
+    assert_eq!(a.admin, Some(Admin::At("[::1]:9640".parse().unwrap())));
     let e = args_err(&[
         "--vip",
         "10.0.0.100",
