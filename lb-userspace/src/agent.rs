@@ -5,12 +5,15 @@
 //! ([`crate::plan`]) and carries it out in one fixed order: the maps and
 //! the data plane's `active` flag first ([`Reconciler`]), then the VIPs on
 //! the interface. Promotion therefore serves before it announces, and
-//! demotion fences before it lets go of the address.
+//! demotion fences before it lets go of the address. After each change and
+//! each report it publishes a snapshot of its state for the admin endpoint
+//! ([`crate::admin`]), whose commands come back in as events.
 
 use std::{
     collections::{BTreeSet, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -22,12 +25,13 @@ use lb_common::{
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{Level, error, info, warn};
 
 use crate::{
-    cli::Args,
+    admin::{self, Status, status::Journal},
+    cli::{Admin, Args, DEFAULT_ADMIN},
     config::{Config, OnDown},
     flows, health,
     health::Health,
@@ -46,15 +50,21 @@ use crate::{
     xdp_mode,
 };
 
+mod snapshot;
+
 /// Everything that can change what the node should do, or ask it to act.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Event {
     /// A check task's report.
     Health(health::Event),
-    /// SIGHUP: re-read the configuration.
-    Reload,
-    /// An operator drained (true) or re-enabled (false) a backend.
-    Drain(SocketAddrV4, bool),
+    /// SIGHUP, or `xdplb reload` (which wants the outcome back): re-read
+    /// the configuration.
+    Reload(Option<admin::Reply>),
+    /// An operator drained (true) or re-enabled (false) a backend; `xdplb
+    /// backend drain|enable` wants the outcome back.
+    Drain(SocketAddrV4, bool, Option<admin::Reply>),
+    /// The admin endpoint wants a snapshot of the state now.
+    Status(oneshot::Sender<Arc<Status>>),
     /// Time to log the counters.
     Report,
     /// Time to age the flow table.
@@ -81,11 +91,23 @@ impl From<health::Event> for Event {
     }
 }
 
+impl From<admin::Request> for Event {
+    fn from(r: admin::Request) -> Self {
+        match r {
+            admin::Request::Status(reply) => Event::Status(reply),
+            admin::Request::Reload(reply) => Event::Reload(Some(reply)),
+            admin::Request::Drain(backend, drained, reply) => {
+                Event::Drain(backend, drained, Some(reply))
+            }
+        }
+    }
+}
+
 pub async fn run(args: Args) -> Result<()> {
     // Everything that can be wrong with the input is found before anything
     // touches the kernel.
     let config = Config::load(&args.overrides())?;
-    preflight::interface_index(&args.iface)?;
+    preflight::interface_index(args.iface())?;
     preflight::privileges()?;
     let pin_dir = args.pin_dir();
     preflight::bpffs(&pin_dir)?;
@@ -93,33 +115,60 @@ pub async fn run(args: Args) -> Result<()> {
         .context("measuring the data plane's clock rate (the kernel's HZ)")?;
 
     let vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    if let Some(Admin::At(addr)) = args.admin {
+        let on_vip = vips
+            .iter()
+            .chain(config.vrrp.iter().flat_map(|v| &v.vips))
+            .any(|vip| addr.ip() == *vip);
+        anyhow::ensure!(
+            !on_vip,
+            "--admin {addr} is on a VIP: the admin endpoint belongs to the node (a VIP moves \
+             between nodes); give the node's own address"
+        );
+    }
+    // The admin endpoint's port is taken before the kernel is touched. An
+    // address the operator gave must be had; the default is a convenience
+    // that must not stop a node from balancing (a second agent on the node,
+    // a namespace whose loopback is down).
+    let admin_listener = match args.admin {
+        Some(Admin::At(addr)) => Some(admin::bind(addr).await?),
+        Some(Admin::Off) => None,
+        None => match admin::bind(DEFAULT_ADMIN).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                warn!("{e:#}; running without it");
+                None
+            }
+        },
+    };
+
     let snat_ip = match config.snat_ip {
         Some(ip) => ip,
-        None => node::primary_ipv4(&args.iface, &vips)?,
+        None => node::primary_ipv4(args.iface(), &vips)?,
     };
-    for line in node::prepare_forwarding(&args.iface)? {
+    for line in node::prepare_forwarding(args.iface())? {
         info!("sysctl {line}");
     }
     if let Some(line) = node::reserve_ports(config.nat_ports.0, config.nat_ports.1)? {
         info!("{line}");
     }
 
-    let peer = match xdp_mode::veth_peer(&args.iface).await {
+    let peer = match xdp_mode::veth_peer(args.iface()).await {
         Ok(peer) => peer,
         Err(e) => {
             warn!(
                 "cannot tell whether {} is a veth ({e:#}); attaching as asked",
-                args.iface
+                args.iface()
             );
             None
         }
     };
-    let choice = xdp_mode::choose(&args.iface, args.xdp_mode, peer.as_ref());
+    let choice = xdp_mode::choose(args.iface(), args.xdp_mode, peer.as_ref());
     if choice.warn {
         warn!("{}", choice.reason);
     }
     let mut dp = Dataplane::load(LoadOptions {
-        iface: &args.iface,
+        iface: args.iface(),
         mode: choice.mode,
         why: &choice.reason,
         pin_dir: pin_dir.clone(),
@@ -131,13 +180,30 @@ pub async fn run(args: Args) -> Result<()> {
     // the node is left consistent, and the log says how.
     let keep = config.keep_dataplane;
     let (tx, rx) = mpsc::unbounded_channel();
-    let agent = match Agent::start(&args, config, snat_ip, ticks_per_s, &mut dp, tx.clone()).await {
+    let (published, snapshots) = watch::channel(Arc::new(Status::default()));
+    let agent = match Agent::start(
+        &args,
+        config,
+        snat_ip,
+        ticks_per_s,
+        &mut dp,
+        tx.clone(),
+        published,
+    )
+    .await
+    {
         Ok(agent) => agent,
         Err(e) => {
             error!("starting: {e:#}");
             return Err(leave(dp, None, None, keep, "start failed").await.context(e));
         }
     };
+    if let Some(listener) = admin_listener {
+        let tx = tx.clone();
+        admin::spawn(listener, args.admin_token.clone(), snapshots, move |r| {
+            tx.send(Event::from(r)).is_ok()
+        });
+    }
     match agent.serve(tx, rx).await {
         Ok(mut agent) => {
             if agent.config.keep_dataplane
@@ -237,8 +303,16 @@ struct Agent {
     vips: VipSet,
     flows: BpfHashMap<MapData, FlowKey, Flow>,
     reasons: PerCpuArray<MapData, Counter>,
+    service_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
     last: ReasonTotals,
+    /// FLOWS entries and connections the last ageing pass saw.
+    flows_seen: Option<(usize, usize)>,
+    /// Recent events and reload outcomes, for the admin endpoint.
+    journal: Journal,
+    /// Where the snapshots for the admin endpoint go.
+    published: watch::Sender<Arc<Status>>,
+    started: Instant,
     /// Kinds of failure already logged: a failure that repeats every few
     /// seconds is logged once, not every time.
     warned: HashSet<&'static str>,
@@ -281,6 +355,7 @@ impl Agent {
         ticks_per_s: u32,
         dp: &mut Dataplane,
         tx: mpsc::UnboundedSender<Event>,
+        published: watch::Sender<Arc<Status>>,
     ) -> Result<Agent> {
         let reconciler =
             Reconciler::adopt(ControlMaps::take(dp.ebpf_mut())?, config.maglev_table_size)?;
@@ -320,8 +395,8 @@ impl Agent {
                 .iter()
                 .flat_map(|v| v.vips.iter().copied())
                 .collect();
-            for v in vip::remove_stale(&args.iface, &all).await? {
-                warn!(vip = %v, "removed a stale VIP from {}: VRRP decides who holds it", args.iface);
+            for v in vip::remove_stale(args.iface(), &all).await? {
+                warn!(vip = %v, "removed a stale VIP from {}: VRRP decides who holds it", args.iface());
             }
         }
         let mut agent = Agent {
@@ -339,11 +414,16 @@ impl Agent {
             ticks_per_s,
             local: BTreeSet::new(),
             reconciler,
-            vips: VipSet::new(&args.iface, garp, vrrp_on),
+            vips: VipSet::new(args.iface(), garp, vrrp_on),
             flows: take(dp.ebpf_mut(), maps::FLOWS)?,
             reasons: take(dp.ebpf_mut(), maps::REASON_STATS)?,
+            service_stats: take(dp.ebpf_mut(), maps::SERVICE_STATS)?,
             backend_stats: take(dp.ebpf_mut(), maps::BACKEND_STATS)?,
             last: ReasonTotals::default(),
+            flows_seen: None,
+            journal: Journal::default(),
+            published,
+            started: Instant::now(),
             warned: HashSet::new(),
             vrrp: None,
             clock,
@@ -352,18 +432,18 @@ impl Agent {
         agent.reconciler.heartbeat(agent.clock.now())?;
         agent.converge().await?;
         if vrrp_on {
-            let ifindex = preflight::interface_index(&args.iface)?;
+            let ifindex = preflight::interface_index(args.iface())?;
             let vips: Vec<Ipv4Addr> = agent
                 .config
                 .vrrp
                 .iter()
                 .flat_map(|v| v.vips.iter().copied())
                 .collect();
-            let primary = node::primary_ipv4(&args.iface, &vips)?;
+            let primary = node::primary_ipv4(args.iface(), &vips)?;
             let report_tx = tx.clone();
             agent.vrrp = Some(Instances::spawn(
                 &agent.config.vrrp,
-                &args.iface,
+                args.iface(),
                 ifindex,
                 primary,
                 resume,
@@ -449,7 +529,15 @@ impl Agent {
             }
         }
         // The lab (and scripts) wait for this line.
-        info!("xdplb ready on {}", self.args.iface);
+        info!("xdplb ready on {}", self.args.iface());
+        self.journal.push(
+            Level::INFO,
+            format!(
+                "xdplb {} started on {}",
+                env!("CARGO_PKG_VERSION"),
+                self.args.iface()
+            ),
+        );
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Shutdown(why) => {
@@ -457,16 +545,20 @@ impl Agent {
                     return Ok(self);
                 }
                 Event::Health(e) => self.on_health(e).await,
-                Event::Reload => self.reload().await,
-                Event::Drain(backend, drained) => {
-                    if drained {
-                        self.drained.insert(backend);
-                    } else {
-                        self.drained.remove(&backend);
+                Event::Reload(reply) => {
+                    let outcome = self.reload().await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
                     }
-                    if let Err(e) = self.converge().await {
-                        error!("applying a drain: {e:#}");
+                }
+                Event::Drain(backend, drained, reply) => {
+                    let outcome = self.drain(backend, drained).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
                     }
+                }
+                Event::Status(reply) => {
+                    let _ = reply.send(self.publish());
                 }
                 Event::Report => self.report(),
                 Event::Age => self.age(),
@@ -532,13 +624,13 @@ impl Agent {
             State::Backup => "BACKUP",
             State::Initialize => "STOPPED",
         };
-        // Tests and operators look for this line.
-        info!(instance = %name, "VRRP {name}: entering {word} state");
         self.role = if v.any_master() {
             Role::Master
         } else {
             Role::Backup
         };
+        // Tests and operators look for this line.
+        self.record(Level::INFO, format!("VRRP {name}: entering {word} state"));
         self.converge().await?;
         self.write_status();
         let script = match state {
@@ -562,7 +654,7 @@ impl Agent {
         }
         let dataplane_ok = self.reconciler.maps().config().is_ok()
             && ReasonTotals::read(&self.reasons).is_ok()
-            && crate::xdp_mode::attached(&self.args.iface).await;
+            && crate::xdp_mode::attached(self.args.iface()).await;
         let Some(v) = &mut self.vrrp else {
             return;
         };
@@ -605,10 +697,10 @@ impl Agent {
         }
         self.write_status();
         if t.up {
-            info!("{name} UP: {}", t.reason);
+            self.record(Level::INFO, format!("{name} UP: {}", t.reason));
             return;
         }
-        warn!("{name} DOWN: {}", t.reason);
+        self.record(Level::WARN, format!("{name} DOWN: {}", t.reason));
         let Some(service) = self
             .config
             .services
@@ -617,17 +709,20 @@ impl Agent {
         else {
             return;
         };
-        let failing_open = self.with_inputs(plan::failing_open).contains(&service.name);
+        let (service, reset) = (service.name.clone(), service.check.on_down == OnDown::Reset);
+        let failing_open = self.with_inputs(plan::failing_open).contains(&service);
         if failing_open {
-            error!(
-                "service {}: ALL BACKENDS ARE DOWN; still balancing over all of them rather than refusing connections",
-                service.name
+            self.record(
+                Level::ERROR,
+                format!(
+                    "service {service}: ALL BACKENDS ARE DOWN; still balancing over all of them rather than refusing connections"
+                ),
             );
         }
         // Failing open keeps the backend in the table: resetting its flows
         // would only make its clients reconnect to it.
         if !failing_open
-            && service.check.on_down == OnDown::Reset
+            && reset
             && let Some(id) = self.reconciler.backend_id_of(target.backend)
         {
             match flows::reset_backend(&mut self.flows, id) {
@@ -637,31 +732,37 @@ impl Agent {
         }
     }
 
-    /// SIGHUP: re-read the configuration; a bad one is rejected whole and
-    /// the running one stays.
-    async fn reload(&mut self) {
-        let new = match Config::load(&self.args.overrides()).context("re-reading the configuration")
-        {
-            Ok(new) => new,
-            Err(e) => {
-                error!("reload rejected, the running configuration stays: {e:#}");
-                return;
-            }
-        };
+    /// SIGHUP or `xdplb reload`: re-read the configuration; a bad one is
+    /// rejected whole and the running one stays. Logs and returns what
+    /// happened, for the command that asked.
+    async fn reload(&mut self) -> Result<String, String> {
+        let outcome = self.load_new_config().await;
+        match &outcome {
+            Ok(said) => self.record(Level::INFO, said.clone()),
+            Err(said) => self.record(Level::ERROR, said.clone()),
+        }
+        self.journal.reloaded(&outcome);
+        self.write_status();
+        outcome
+    }
+
+    async fn load_new_config(&mut self) -> Result<String, String> {
+        const REJECTED: &str = "reload rejected, the running configuration stays";
+        let new = Config::load(&self.args.overrides())
+            .context("re-reading the configuration")
+            .map_err(|e| format!("{REJECTED}: {e:#}"))?;
         if new.maglev_table_size != self.config.maglev_table_size
             || new.max_flows != self.config.max_flows
         {
-            error!(
-                "reload rejected, the running configuration stays: maglev_table_size and max_flows \
-                 size the pinned maps; changing them needs a restart"
-            );
-            return;
+            return Err(format!(
+                "{REJECTED}: maglev_table_size and max_flows size the pinned maps; changing them \
+                 needs a restart"
+            ));
         }
         if let Err(e) = self.health.sync(&new) {
-            error!("reload rejected, the running configuration stays: {e:#}");
             // Put the running checks back as they were.
             let _ = self.health.sync(&self.config);
-            return;
+            return Err(format!("{REJECTED}: {e:#}"));
         }
         if let Some(ip) = new.snat_ip {
             self.snat_ip = ip;
@@ -670,10 +771,60 @@ impl Agent {
         // "reloaded" is said once the new state is in the maps: scripts
         // (and the tests) take the line to mean it is in effect.
         match self.converge().await {
-            Ok(_) => info!("reloaded the configuration"),
-            Err(e) => error!("applying the reloaded configuration: {e:#}"),
+            Ok(_) => {
+                let backends: usize = self.config.services.iter().map(|s| s.backends.len()).sum();
+                Ok(format!(
+                    "reloaded the configuration: {} services, {backends} backends",
+                    self.config.services.len()
+                ))
+            }
+            Err(e) => Err(format!("applying the reloaded configuration: {e:#}")),
         }
-        self.write_status();
+    }
+
+    /// `xdplb backend drain|enable`: the backend (in every service that has
+    /// it) takes no new connections, or takes them again.
+    async fn drain(&mut self, backend: SocketAddrV4, drained: bool) -> Result<String, String> {
+        let known = self
+            .config
+            .services
+            .iter()
+            .any(|s| s.backends.iter().any(|b| b.addr == backend));
+        if !known {
+            return Err(format!("{backend} is not a backend of any service"));
+        }
+        let changed = if drained {
+            self.drained.insert(backend)
+        } else {
+            self.drained.remove(&backend)
+        };
+        if let Err(e) = self.converge().await {
+            error!("applying a drain: {e:#}");
+            return Err(format!("applying it: {e:#}"));
+        }
+        let said = match (drained, changed) {
+            (true, true) => {
+                format!("{backend} drained: no new connections, established ones go on")
+            }
+            (true, false) => format!("{backend} was already drained"),
+            (false, true) => format!("{backend} enabled: it takes new connections again"),
+            (false, false) => format!("{backend} was not drained"),
+        };
+        if changed {
+            self.record(Level::INFO, said.clone());
+            self.write_status();
+        }
+        Ok(said)
+    }
+
+    /// Logs a line operators care about and keeps it for the status page.
+    fn record(&mut self, level: Level, message: String) {
+        match level {
+            Level::ERROR => error!("{message}"),
+            Level::WARN => warn!("{message}"),
+            _ => info!("{message}"),
+        }
+        self.journal.push(level, message);
     }
 
     /// The periodic counter report. A failed read is logged once per kind
@@ -681,7 +832,7 @@ impl Agent {
     fn report(&mut self) {
         match ReasonTotals::read(&self.reasons) {
             Ok(now) => {
-                info!(iface = %self.args.iface, "{}", stats::report(&now, &self.last));
+                info!(iface = %self.args.iface(), "{}", stats::report(&now, &self.last));
                 if now != self.last {
                     match stats::backends(&self.backend_stats, &self.reconciler.backend_names()) {
                         Ok(line) => info!("{line}"),
@@ -698,7 +849,11 @@ impl Agent {
 
     fn age(&mut self) {
         let c = &self.config;
-        match flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s) {
+        let swept = flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s);
+        if let Ok(s) = &swept {
+            self.flows_seen = Some((s.entries, s.connections));
+        }
+        match swept {
             Ok(s) if s.pressure => warn!(
                 entries = s.entries,
                 max_flows = c.max_flows,
@@ -724,9 +879,11 @@ impl Agent {
         }
     }
 
+    /// Publishes a snapshot for the admin endpoint, and writes
     /// `--status-file`: every backend's state as JSON, replaced atomically
     /// (write a temporary file, then rename) so readers never see half of it.
     fn write_status(&self) {
+        self.publish();
         let Some(path) = &self.args.status_file else {
             return;
         };
@@ -760,7 +917,7 @@ impl Agent {
             })
             .unwrap_or_default();
         let body = serde_json::json!({
-            "iface": self.args.iface,
+            "iface": self.args.iface(),
             "backends": self.health.status(),
             "vrrp": vrrp,
         });
@@ -777,16 +934,17 @@ impl Agent {
 /// The event sources that are not tasks of their own already: signals and
 /// timers, each a small task sending into the loop.
 fn spawn_sources(args: &Args, config: &Config, tx: mpsc::UnboundedSender<Event>) -> Result<()> {
-    for (kind, event) in [
-        (SignalKind::terminate(), Event::Shutdown("SIGTERM")),
-        (SignalKind::interrupt(), Event::Shutdown("SIGINT")),
-        (SignalKind::hangup(), Event::Reload),
-    ] {
+    let signals: [(SignalKind, fn() -> Event); 3] = [
+        (SignalKind::terminate(), || Event::Shutdown("SIGTERM")),
+        (SignalKind::interrupt(), || Event::Shutdown("SIGINT")),
+        (SignalKind::hangup(), || Event::Reload(None)),
+    ];
+    for (kind, event) in signals {
         let mut sig = signal(kind)?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while sig.recv().await.is_some() {
-                if tx.send(event.clone()).is_err() {
+                if tx.send(event()).is_err() {
                     return;
                 }
             }

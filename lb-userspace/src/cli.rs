@@ -1,9 +1,18 @@
 //! Command-line flags. Flags named in issues as "exact" are a contract with
 //! tests outside the project: add new ones, never rename these.
+//!
+//! Without a subcommand `xdplb` runs the agent, which needs `--iface` and
+//! a service (`--config` or `--vip`); the subcommands (`status`, `backend
+//! drain|enable`, `reload`) talk to a running agent's admin endpoint and
+//! need neither.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
 
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
     BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Overrides, Proto, VrrpFlags, parse_backend_flag,
@@ -19,11 +28,16 @@ use crate::config::{
     about = "XDP L4 load balancer for Kubernetes control planes",
     // One service from the flags, or any number from a file; never both.
     group(ArgGroup::new("services").required(true).args(["config", "vip"])),
+    // `--iface` and a service are required to run the agent, not to ask it
+    // something.
+    subcommand_negates_reqs = true,
 )]
 pub struct Args {
     /// Interface to attach the XDP program to (the one that owns the VIP).
-    #[arg(long, short = 'i', env = "XDPLB_IFACE")]
-    pub iface: String,
+    /// Always there when the agent runs (clap requires it without a
+    /// subcommand): read it with [`Args::iface`].
+    #[arg(long, short = 'i', env = "XDPLB_IFACE", required = true)]
+    pub iface: Option<String>,
 
     /// How the program is attached: `native` runs in the driver (fast; veth,
     /// virtio, mlx5, i40e…), `generic` in the kernel stack (any device,
@@ -172,6 +186,87 @@ pub struct Args {
     /// backup]
     #[arg(long, value_enum, requires = "vrid")]
     pub state: Option<InitialState>,
+
+    /// The admin endpoint (/metrics, /status, the status page at /, and
+    /// the commands): where the agent listens, and where the subcommands
+    /// reach it. `off` turns it off. Anyone who can reach it can drain
+    /// backends and reload: keep it on the node (or set --admin-token). An
+    /// address given here must be free, or the agent does not start; the
+    /// default is taken if it can be. [default: 127.0.0.1:9640]
+    #[arg(long, value_name = "ADDR:PORT|off", value_parser = parse_admin, global = true)]
+    pub admin: Option<Admin>,
+
+    /// Require this token on the admin endpoint: `Authorization: Bearer
+    /// TOKEN`, or basic auth with any user and TOKEN as the password (a
+    /// browser asks for it).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "XDPLB_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `xdplb <command>` asks a running agent, through `--admin`.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Show the running agent's services, backends and their health,
+    /// traffic, flows and VRRP role.
+    Status {
+        /// Print the JSON of /status instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a backend (no new connections; established ones go on) or
+    /// enable it again. Until the agent restarts; for a lasting drain set
+    /// its weight to 0.
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+    },
+    /// Re-read the configuration, as SIGHUP does, and print the outcome: a
+    /// configuration that fails validation is rejected with its error and
+    /// the running one stays.
+    Reload,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum BackendAction {
+    /// Send no new connections to the backend.
+    Drain {
+        /// The backend, as configured.
+        #[arg(value_name = "IP:PORT")]
+        addr: SocketAddrV4,
+    },
+    /// Undo a drain.
+    Enable {
+        #[arg(value_name = "IP:PORT")]
+        addr: SocketAddrV4,
+    },
+}
+
+/// Where the admin endpoint listens unless told otherwise: on the node,
+/// never on a VIP.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9640));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_admin(s: &str) -> Result<Admin, String> {
+    if s == "off" {
+        return Ok(Admin::Off);
+    }
+    s.parse()
+        .map(Admin::At)
+        .map_err(|_| format!("{s:?} is not ADDR:PORT (e.g. 127.0.0.1:9640) nor `off`"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,10 +283,21 @@ pub enum XdpAttachMode {
 }
 
 impl Args {
+    /// Where the admin endpoint is (`--admin`, or the default).
+    pub fn admin(&self) -> Admin {
+        self.admin.unwrap_or(Admin::At(DEFAULT_ADMIN))
+    }
+
+    /// The interface the agent attaches to (empty only for a subcommand,
+    /// which has none).
+    pub fn iface(&self) -> &str {
+        self.iface.as_deref().unwrap_or_default()
+    }
+
     pub fn pin_dir(&self) -> PathBuf {
         self.pin_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(lb_common::maps::DEFAULT_PIN_ROOT).join(&self.iface))
+            .unwrap_or_else(|| PathBuf::from(lb_common::maps::DEFAULT_PIN_ROOT).join(self.iface()))
     }
 
     /// What the flags say about the configuration, for

@@ -3,6 +3,7 @@
 //! `xdplb` binary is a thin `main` over it; the lab and the benchmarks use
 //! the same object and code.
 
+pub mod admin;
 pub mod agent;
 pub mod batch;
 pub mod cli;

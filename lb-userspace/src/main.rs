@@ -1,5 +1,6 @@
 //! `xdplb`: parses its arguments, sets up logging and runs the agent
-//! (`lb_userspace::agent`).
+//! (`lb_userspace::agent`), or, with a subcommand, asks a running agent
+//! through its admin endpoint (`lb_userspace::admin::client`).
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -8,13 +9,6 @@ use lb_userspace::cli::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -25,6 +19,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(command) = &args.command {
+        let asked = runtime.block_on(lb_userspace::admin::client::run(
+            command,
+            args.admin(),
+            args.admin_token.as_deref(),
+        ));
+        return match asked {
+            Ok(out) => {
+                print!("{out}");
+                if !out.ends_with('\n') {
+                    println!();
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xdplb: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match runtime.block_on(lb_userspace::agent::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -421,6 +421,11 @@ impl<M: ControlPlane> Reconciler<M> {
         self.ids.by_addr.get(&addr).copied()
     }
 
+    /// The service's id (its SERVICE_STATS index), once the maps hold it.
+    pub fn service_id_of(&self, key: &ServiceKey) -> Option<u32> {
+        self.services.get(key).map(|s| s.id)
+    }
+
     /// Backend id → name, for reports.
     pub fn backend_names(&self) -> HashMap<u32, String> {
         let mut names = HashMap::new();

@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     "arping",
     // systemd-analyze, to verify the packaged unit.
     "systemd",
+    // Headless, for the admin tests: loads the status page, takes screenshots.
+    "chromium",
 ];
 
 pub fn run() -> Result<()> {

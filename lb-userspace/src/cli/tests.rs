@@ -45,7 +45,7 @@ fn exact_flags_contract() {
         "10.0.0.1:6443",
     ])
     .expect("the documented single-service command line parses");
-    assert_eq!(a.iface, "eth0");
+    assert_eq!(a.iface(), "eth0");
     assert_eq!(a.vip, Some(Ipv4Addr::new(10, 0, 0, 100)));
     assert_eq!(a.backend.len(), 1);
 
@@ -616,5 +616,102 @@ fn check_flags() {
     assert_eq!(
         check(&["--check-interval", "100ms"]).interval,
         MIN_CHECK_INTERVAL
+    );
+}
+
+#[test]
+fn subcommands_need_neither_iface_nor_a_service() {
+    use super::{Admin, BackendAction, Command};
+    let parse = |argv: &[&str]| {
+        Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?} should parse: {e}"))
+    };
+    let a = parse(&["xdplb", "status"]);
+    assert_eq!(a.command, Some(Command::Status { json: false }));
+    assert_eq!(a.admin, None, "not given");
+    assert_eq!(a.admin(), Admin::At("127.0.0.1:9640".parse().unwrap()));
+    // --admin and --admin-token go before or after the subcommand.
+    let a = parse(&[
+        "xdplb",
+        "backend",
+        "drain",
+        "10.0.0.1:6443",
+        "--admin",
+        "10.0.0.2:9000",
+        "--admin-token",
+        "t",
+    ]);
+    assert_eq!(
+        a.command,
+        Some(Command::Backend {
+            action: BackendAction::Drain {
+                addr: "10.0.0.1:6443".parse().unwrap()
+            }
+        })
+    );
+    assert_eq!(a.admin(), Admin::At("10.0.0.2:9000".parse().unwrap()));
+    assert_eq!(a.admin_token.as_deref(), Some("t"));
+    let a = parse(&["xdplb", "--admin", "127.0.0.1:1", "reload"]);
+    assert_eq!(
+        (a.command, a.admin),
+        (
+            Some(Command::Reload),
+            Some(Admin::At("127.0.0.1:1".parse().unwrap()))
+        )
+    );
+}
+
+#[test]
+fn the_agent_still_needs_iface_and_a_service() {
+    for argv in [
+        &["xdplb", "--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"][..],
+        &["xdplb", "--iface", "eth0"][..],
+        &["xdplb"][..],
+    ] {
+        let e =
+            Args::try_parse_from(argv).expect_err("the agent runs only with --iface and a service");
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "{argv:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn admin_flag() {
+    use super::Admin;
+    assert_eq!(
+        args(&["--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"]).admin_token,
+        None
+    );
+    let a = args(&[
+        "--vip",
+        "10.0.0.100",
+        "--backend",
+        "10.0.0.1:6443",
+        "--admin",
+        "off",
+    ]);
+    assert_eq!(a.admin, Some(Admin::Off));
+    let a = args(&[
+        "--vip",
+        "10.0.0.100",
+        "--backend",
+        "10.0.0.1:6443",
+        "--admin",
+        "[::1]:9640",
+    ]);
+    assert_eq!(a.admin, Some(Admin::At("[::1]:9640".parse().unwrap())));
+    let e = args_err(&[
+        "--vip",
+        "10.0.0.100",
+        "--backend",
+        "10.0.0.1:6443",
+        "--admin",
+        "9640",
+    ]);
+    assert_has(
+        &e,
+        "\"9640\" is not ADDR:PORT (e.g. 127.0.0.1:9640) nor `off`",
     );
 }

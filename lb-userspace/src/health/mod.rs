@@ -69,6 +69,12 @@ pub struct BackendStatus {
     /// Seconds in the current state.
     pub since_s: u64,
     pub checks: u64,
+    /// Checks that failed, all told.
+    pub failures: u64,
+    /// Changes between up and down, either way.
+    pub transitions: u64,
+    /// How long the last check took, passed or failed.
+    pub check_duration_ms: Option<f64>,
 }
 
 impl<E: From<Event> + Send + 'static> Health<E> {
@@ -181,6 +187,9 @@ impl<E> Health<E> {
                 },
                 since_s: now.duration_since(c.health.since).as_secs(),
                 checks: c.health.checks,
+                failures: c.health.failures,
+                transitions: c.health.transitions,
+                check_duration_ms: c.health.last_duration.map(|d| d.as_secs_f64() * 1000.0),
             })
             .collect()
     }
@@ -227,7 +236,9 @@ async fn run<E: From<Event>>(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let started = Instant::now();
         let outcome = probe::run(&probe, target.backend, check.timeout).await;
+        health.last_duration = Some(started.elapsed());
         let transition = health.observe(outcome, Instant::now());
         let event = Event {
             target,

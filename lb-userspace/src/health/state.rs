@@ -33,6 +33,13 @@ pub struct BackendHealth {
     pub since: Instant,
     pub last: Option<Outcome>,
     pub checks: u64,
+    /// Checks that failed, all told (haproxy's `chkfail`).
+    pub failures: u64,
+    /// Changes of state, either way. A backend starts up, so the odd ones
+    /// were UP → DOWN: `(transitions + 1) / 2` of them (haproxy's `chkdown`).
+    pub transitions: u64,
+    /// How long the last check took, passed or failed.
+    pub last_duration: Option<Duration>,
 }
 
 impl BackendHealth {
@@ -47,12 +54,16 @@ impl BackendHealth {
             since: now,
             last: None,
             checks: 0,
+            failures: 0,
+            transitions: 0,
+            last_duration: None,
         }
     }
 
     pub fn observe(&mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
         self.checks += 1;
         let ok = matches!(outcome, Outcome::Ok { .. });
+        self.failures += u64::from(!ok);
         let detail = match &outcome {
             Outcome::Ok { latency } => format!("check passed in {} ms", latency.as_millis()),
             Outcome::Failed(why) => why.clone(),
@@ -70,6 +81,7 @@ impl BackendHealth {
         self.up = ok;
         self.streak = 0;
         self.since = now;
+        self.transitions += 1;
         Some(Transition {
             up: ok,
             reason: format!("{detail} ({needed}/{needed})"),
@@ -111,6 +123,7 @@ mod tests {
         assert_eq!(h.observe(ok(), t0), None);
         let up = h.observe(ok(), t0).expect("up after 2 successes");
         assert!(up.up && up.reason.ends_with("(2/2)"), "{up:?}");
+        assert_eq!((h.checks, h.failures, h.transitions), (5, 3, 2));
     }
 
     #[test]
@@ -135,6 +148,8 @@ mod tests {
         }
         assert!(!h.up);
         assert_eq!(h.checks, 30 + 3 + 20);
+        assert_eq!(h.failures, 20 + 3 + 10);
+        assert_eq!(h.transitions, 1, "one UP → DOWN, no way back");
     }
 
     #[test]
