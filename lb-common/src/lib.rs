@@ -19,5 +19,7 @@ pub mod service;
 pub mod stats;
 pub mod wire;
 
-#[cfg(test)]
-mod test_rng;
+/// For the host tests here and the lab's packet fuzzer (tests/tests/fuzz.rs):
+/// userspace only, never in the eBPF build.
+#[cfg(any(test, feature = "std"))]
+pub mod test_rng;

@@ -1,6 +1,6 @@
-//! A tiny deterministic generator for the host tests (SplitMix64, Steele,
-//! Lea & Flood 2014). Seeded by hand, so a failing case reproduces exactly
-//! and the crate needs no RNG dependency.
+//! A tiny deterministic generator for the host tests and the lab's packet
+//! fuzzer (SplitMix64, Steele, Lea & Flood 2014). Seeded by hand, so a
+//! failing case reproduces exactly and no crate needs an RNG dependency.
 
 pub struct Rng(u64);
 
