@@ -168,6 +168,13 @@ impl Ipv4Packet<'_> {
                 }
             }
             L4::Udp(u) => {
+                // The header was read from the frame, but the datagram the
+                // IPv4 length describes must hold it too: else its ports
+                // (the flow's key) lie in the Ethernet padding, and the
+                // rewrite would write past the datagram. Found by the fuzzer.
+                if l4_len < 8 {
+                    return Err(Reason::DropMalformedL4);
+                }
                 if u16::from_be_bytes(u.len) as u64 != l4_len {
                     return Err(Reason::DropBadUdpLength);
                 }
