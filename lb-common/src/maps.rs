@@ -25,6 +25,33 @@ pub const SERVICE_STATS: &str = "SERVICE_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 /// Devmap (hash, by ifindex) of the interfaces XDP may redirect to.
 pub const TX_PORTS: &str = "TX_PORTS";
+/// Every map the agent pins, by these names, under its pin directory.
+pub const PINNED: &[&str] = &[
+    CONFIG,
+    SERVICES,
+    VIPS,
+    BACKENDS,
+    MAGLEV,
+    FLOWS,
+    TX_PORTS,
+    REASON_STATS,
+    SERVICE_STATS,
+    BACKEND_STATS,
+];
+/// The pinned maps whose key and value types the kernel keeps (BTF), so
+/// `bpftool map dump` names their fields: all but TX_PORTS, a devmap, for
+/// which the kernel takes no key/value types.
+pub const WITH_BTF: &[&str] = &[
+    CONFIG,
+    SERVICES,
+    VIPS,
+    BACKENDS,
+    MAGLEV,
+    FLOWS,
+    REASON_STATS,
+    SERVICE_STATS,
+    BACKEND_STATS,
+];
 /// Default size of the flow table (two entries per NATed connection).
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 /// Pin name of the XDP link, beside the maps.

@@ -1,11 +1,23 @@
 //! The maps, pinned by name so a restarted agent adopts them (and the
 //! flows in them), and small typed accessors.
+//!
+//! Every map is a BTF map (`.maps` section): its key and value types go
+//! into the object's BTF and the kernel keeps them with the map, so
+//! `bpftool map dump` prints named fields instead of hex. The sizes below
+//! are the object's defaults; the agent sets FLOWS' and MAGLEV's at load
+//! time, and pins every map by name (loader.rs: aya-ebpf 0.2.1's BTF map
+//! definitions carry no `pinning` field, so the loader names each pin).
+//!
+//! TX_PORTS and the flow log's ring buffer are BTF maps too, but the kernel
+//! takes no key/value types for devmaps and ring buffers (it refuses a
+//! BTF value type for them; aya, like libbpf, leaves the ids out), so
+//! bpftool shows those two without field names.
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    macros::btf_map,
 };
 use bytemuck::Pod;
 use lb_common::{
@@ -18,23 +30,23 @@ use lb_common::{
     stats::{Counter, REASON_SLOTS, Reason, Traffic},
 };
 
-#[map(name = "CONFIG")]
-static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+#[btf_map(name = "CONFIG")]
+static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 
-#[map(name = "SERVICES")]
-static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+#[btf_map(name = "SERVICES")]
+static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
 
 /// The services' VIPs (network order) → 0: what ARP fencing protects.
-#[map(name = "VIPS")]
-static VIPS: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_SERVICES, 0);
+#[btf_map(name = "VIPS")]
+static VIPS: HashMap<[u8; 4], u32, { MAX_SERVICES as usize }> = HashMap::new();
 
-#[map(name = "BACKENDS")]
-static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+#[btf_map(name = "BACKENDS")]
+static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
 /// Two table regions per service; the agent resizes it at load time to
 /// MAX_SERVICES × 2 × the configured table size.
-#[map(name = "MAGLEV")]
-static MAGLEV: Array<u32> = Array::pinned(MAX_SERVICES * 2 * DEFAULT_TABLE_SIZE, 0);
+#[btf_map(name = "MAGLEV")]
+static MAGLEV: Array<u32, { (MAX_SERVICES * 2 * DEFAULT_TABLE_SIZE) as usize }> = Array::new();
 
 /// Both halves of every NATed connection, shared by all CPUs (a reply may
 /// arrive on another CPU than its request). A plain hash, not an LRU: with
@@ -43,20 +55,20 @@ static MAGLEV: Array<u32> = Array::pinned(MAX_SERVICES * 2 * DEFAULT_TABLE_SIZE,
 /// refuses new connections instead (`drop_flow_table_full`) and the
 /// agent's ageing makes room. Preallocated: an insert takes an element
 /// from a per-CPU free list, with no allocation and no LRU bookkeeping.
-#[map(name = "FLOWS")]
-pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+#[btf_map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
 
-#[map(name = "TX_PORTS")]
-pub static TX_PORTS: DevMapHash = DevMapHash::pinned(64, 0);
+#[btf_map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash<64> = DevMapHash::new();
 
-#[map(name = "REASON_STATS")]
-static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(REASON_SLOTS, 0);
+#[btf_map(name = "REASON_STATS")]
+static REASON_STATS: PerCpuArray<Counter, { REASON_SLOTS as usize }> = PerCpuArray::new();
 
-#[map(name = "SERVICE_STATS")]
-static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_SERVICES, 0);
+#[btf_map(name = "SERVICE_STATS")]
+static SERVICE_STATS: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
-#[map(name = "BACKEND_STATS")]
-static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+#[btf_map(name = "BACKEND_STATS")]
+static BACKEND_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// One read of a whole map value, a volatile load per word `W` (`T`'s
 /// size in `W`s, e.g. `[u64; 7]`), copied out: what C's READ_ONCE does.

@@ -1,22 +1,23 @@
 //! Loads the embedded XDP program and attaches it, or adopts the data
 //! plane a previous agent left pinned.
 //!
-//! Maps are pinned by name under the pin directory (the program declares
-//! them `pinned`, and aya reuses a pinned map instead of creating one), and
-//! so is the XDP link. A restarted agent therefore finds the same maps —
+//! Maps are pinned by name under the pin directory (the loader gives each
+//! its path, and aya reuses a pinned map instead of creating one), and so
+//! is the XDP link. A restarted agent therefore finds the same maps —
 //! flows included — and atomically swaps its freshly loaded program into
 //! the pinned link: established connections never notice. Only a clean
 //! shutdown without `--keep-dataplane` detaches and removes the pins.
 
 use std::{
     fs,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapInfo, MapType},
+    maps::{MapData, MapInfo, MapType},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -143,17 +144,24 @@ impl Dataplane {
 /// and the benchmark load the data plane the agent runs, not a copy.
 pub fn load_object(object: &[u8], pin_dir: &Path, max_flows: u32, table_size: u32) -> Result<Ebpf> {
     check_pinned_maps(pin_dir)?;
-    EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(maps::FLOWS, max_flows)
-        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size))
-        .load(object)
-        .with_context(|| {
-            format!(
-                "loading the XDP object (maps pinned in {})",
-                pin_dir.display()
-            )
-        })
+        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size));
+    // BTF maps (lb-ebpf/src/maps.rs) carry no `pinning` attribute in
+    // aya-ebpf 0.2.1, so `default_map_pin_directory` (which applies to
+    // maps declaring pin-by-name) would leave them unpinned: each gets its
+    // path here. aya reuses a map already pinned there, else creates and
+    // pins it.
+    for name in maps::PINNED {
+        loader.map_pin_path(name, pin_dir.join(name));
+    }
+    loader.load(object).with_context(|| {
+        format!(
+            "loading the XDP object (maps pinned in {})",
+            pin_dir.display()
+        )
+    })
 }
 
 /// The maps whose layout this build defines (lb-common's types), as the
@@ -192,7 +200,21 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 5] {
 /// by another xdplb version may hold maps this program cannot use (the
 /// kernel would reject the program with an obscure verifier error, or
 /// worse, accept it). Refuses with what differs and what to do instead.
+///
+/// Maps made before they were BTF maps have the same types and sizes but
+/// no BTF, so `bpftool map dump` could not name their fields: they are
+/// refused too, rather than migrated. A migration would copy FLOWS into
+/// new maps while the old program, still attached, goes on writing the
+/// old ones, so connections opened in between would be lost all the same.
 fn check_pinned_maps(pin_dir: &Path) -> Result<()> {
+    let refuse = |path: &Path, found: String, needed: String| {
+        anyhow!(
+            "the pinned map {} was made by another xdplb version ({found}; this one needs {needed}): \
+             stop that data plane first, or remove {} (connections through this node are then lost)",
+            path.display(),
+            pin_dir.display()
+        )
+    };
     for (name, kind, key, value) in expected_layouts() {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -206,19 +228,88 @@ fn check_pinned_maps(pin_dir: &Path) -> Result<()> {
             info.value_size() as usize,
         );
         if found != (Some(kind), key, value) {
-            anyhow::bail!(
-                "the pinned map {} was made by another xdplb version ({:?}, {}-byte keys, {}-byte values; \
-                 this one needs {kind:?}, {key}-byte keys, {value}-byte values): stop that data plane first, \
-                 or remove {} (connections through this node are then lost)",
-                path.display(),
-                found.0,
-                found.1,
-                found.2,
-                pin_dir.display()
-            );
+            return Err(refuse(
+                &path,
+                format!(
+                    "{:?}, {}-byte keys, {}-byte values",
+                    found.0, found.1, found.2
+                ),
+                format!("{kind:?}, {key}-byte keys, {value}-byte values"),
+            ));
+        }
+    }
+    for name in maps::WITH_BTF {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let map = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        let btf = map_btf_value_type(map.fd().as_fd())
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        if btf == 0 {
+            return Err(refuse(
+                &path,
+                "no BTF".into(),
+                "BTF key and value types, for bpftool to name the fields".into(),
+            ));
         }
     }
     Ok(())
+}
+
+/// The BTF id of the value type the kernel keeps with map `fd` (0: none),
+/// from BPF_OBJ_GET_INFO_BY_FD: aya 0.14's MapInfo does not expose it.
+fn map_btf_value_type(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `struct bpf_map_info` up to `btf_value_type_id` (include/uapi/
+    /// linux/bpf.h); the kernel fills what fits in `info_len`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct MapInfoPrefix {
+        map_type: u32,
+        id: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        name: [u8; 16],
+        ifindex: u32,
+        btf_vmlinux_value_type_id: u32,
+        netns_dev: u64,
+        netns_ino: u64,
+        btf_id: u32,
+        btf_key_type_id: u32,
+        btf_value_type_id: u32,
+        _pad: u32,
+    }
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = MapInfoPrefix::default();
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<MapInfoPrefix>() as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed, and
+    // `info` points at a writable buffer of `info_len` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.btf_value_type_id)
 }
 
 /// Attaches in the wanted mode and pins the resulting bpf_link, so the
