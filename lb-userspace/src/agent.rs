@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::{
     cli::Args,
     config::{Config, OnDown},
+    flowlog::FlowLog,
     flows, health,
     health::Health,
     loader::{Dataplane, LoadOptions},
@@ -127,6 +128,7 @@ pub async fn run(args: Args) -> Result<()> {
         pin_dir: pin_dir.clone(),
         max_flows: config.max_flows,
         table_size: config.maglev_table_size,
+        flow_log: args.flow_log_limit(),
     })?;
 
     // From here on the kernel runs our program: whatever ends the agent,
@@ -236,6 +238,8 @@ struct Agent {
     /// The VRRP instances, when the node owns its VIPs through VRRP.
     vrrp: Option<Instances>,
     clock: Jiffies,
+    /// `--flow-log`, unless off.
+    flow_log: Option<FlowLog>,
 }
 
 /// The data plane's clock (jiffies) without reading /proc/timer_list on
@@ -338,6 +342,17 @@ impl Agent {
             warned: HashSet::new(),
             vrrp: None,
             clock,
+            flow_log: FlowLog::start(
+                dp.ebpf_mut(),
+                &args.flow_log,
+                args.flow_log_limit(),
+                ticks_per_s,
+                // Suppressed counts are reported even without a report.
+                Some(args.report_interval)
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(5)),
+                config.max_flows,
+            )?,
             config,
         };
         agent.reconciler.heartbeat(agent.clock.now())?;
@@ -628,7 +643,12 @@ impl Agent {
             && let Some(id) = self.reconciler.backend_id_of(target.backend)
         {
             match flows::reset_backend(&mut self.flows, id) {
-                Ok(n) => warn!("{name}: reset {n} flows (on_down = reset)"),
+                Ok(r) => {
+                    warn!("{name}: reset {} flows (on_down = reset)", r.removed);
+                    if let Some(log) = &self.flow_log {
+                        log.ended(r.ended);
+                    }
+                }
                 Err(e) => error!("{name}: resetting flows: {e:#}"),
             }
         }
@@ -695,7 +715,11 @@ impl Agent {
 
     fn age(&mut self) {
         let c = &self.config;
-        match flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s) {
+        let mut swept = flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s);
+        if let (Ok(s), Some(log)) = (&mut swept, &self.flow_log) {
+            log.ended(std::mem::take(&mut s.ended));
+        }
+        match swept {
             Ok(s) if s.pressure => warn!(
                 entries = s.entries,
                 max_flows = c.max_flows,
