@@ -504,17 +504,6 @@ const PROGRAMS: [&str; 7] = [
     "bench_lookup_spray",
 ];
 const FLOORS: [&str; 2] = ["xdp_pass", "xdp_tx_floor"];
-const XDPLB_MAPS: [&str; 9] = [
-    maps::CONFIG,
-    maps::SERVICES,
-    maps::BACKENDS,
-    maps::MAGLEV,
-    maps::FLOWS,
-    maps::TX_PORTS,
-    maps::REASON_STATS,
-    maps::SERVICE_STATS,
-    maps::BACKEND_STATS,
-];
 
 fn moved(before: &ReasonTotals, after: &ReasonTotals) -> Vec<(Reason, u64)> {
     Reason::ALL
@@ -1112,7 +1101,7 @@ pub fn memory(_opts: Options) -> Result<Section> {
     ];
     let mut rows = Vec::new();
     let mut notes = vec![
-        "The kernel's memlock charge (each map's fdinfo, as bpftool shows it) of xdplb's nine maps, loaded with the sizes \
+        "The kernel's memlock charge (each map's fdinfo, as bpftool shows it) of every map xdplb pins (lb_common::maps::PINNED), loaded with the sizes \
          below; FLOWS is a hash, preallocated, so its charge does not depend on how full it is. Per-CPU maps count \
          every possible CPU."
             .into(),
@@ -1122,7 +1111,7 @@ pub fn memory(_opts: Options) -> Result<Section> {
         let pins = PinDir::create("xdplb-bench-")?;
         let ebpf = load_object(BENCH_XDP_OBJECT, &pins.path, flows, table)
             .context("loading bench-xdp for its maps")?;
-        let per_map: Vec<(&str, u64)> = XDPLB_MAPS
+        let per_map: Vec<(&str, u64)> = maps::PINNED
             .iter()
             .map(|&name| Ok((name, testrun::map_memlock(&pins.path.join(name))?)))
             .collect::<Result<_>>()?;

@@ -1,5 +1,6 @@
 //! Everything the XDP program and the agent share: map value types, the
-//! pass/drop reasons, and the names and sizes of the maps. One definition,
+//! pass/drop reasons, the flow log's records, and the names and sizes of
+//! the maps. One definition,
 //! used by both sides; only integers and byte arrays cross the boundary.
 //! Also the pure logic both sides need, tested on the host: checksum
 //! arithmetic ([`csum`]), the flow hash ([`flow`]) and Maglev table
@@ -13,6 +14,7 @@ extern crate alloc;
 pub mod clock;
 pub mod csum;
 pub mod flow;
+pub mod flowlog;
 pub mod maglev;
 pub mod maps;
 pub mod service;

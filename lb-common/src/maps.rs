@@ -25,6 +25,17 @@ pub const SERVICE_STATS: &str = "SERVICE_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 /// Devmap (hash, by ifindex) of the interfaces XDP may redirect to.
 pub const TX_PORTS: &str = "TX_PORTS";
+/// Ring buffer of [`crate::flowlog::FlowEvent`]: each new connection, for
+/// the agent's flow log.
+pub const FLOW_LOG: &str = "FLOW_LOG";
+/// Per-CPU array of one [`crate::flowlog::FlowLogCpu`]: the flow log's
+/// token bucket and counters.
+pub const FLOW_LOG_STATE: &str = "FLOW_LOG_STATE";
+/// Global (load-time constant): flow log events per second per CPU; 0
+/// turns the flow log off, and the verifier drops its code.
+pub const FLOW_LOG_RATE: &str = "FLOW_LOG_RATE";
+/// Global (load-time constant): the flow log's burst, per CPU.
+pub const FLOW_LOG_BURST: &str = "FLOW_LOG_BURST";
 /// Every map the agent pins, by these names, under its pin directory.
 pub const PINNED: &[&str] = &[
     CONFIG,
@@ -37,10 +48,12 @@ pub const PINNED: &[&str] = &[
     REASON_STATS,
     SERVICE_STATS,
     BACKEND_STATS,
+    FLOW_LOG,
+    FLOW_LOG_STATE,
 ];
 /// The pinned maps whose key and value types the kernel keeps (BTF), so
-/// `bpftool map dump` names their fields: all but TX_PORTS, a devmap, for
-/// which the kernel takes no key/value types.
+/// `bpftool map dump` names their fields: all but TX_PORTS, a devmap, and
+/// FLOW_LOG, a ring buffer, for which the kernel takes no key/value types.
 pub const WITH_BTF: &[&str] = &[
     CONFIG,
     SERVICES,
@@ -51,6 +64,7 @@ pub const WITH_BTF: &[&str] = &[
     REASON_STATS,
     SERVICE_STATS,
     BACKEND_STATS,
+    FLOW_LOG_STATE,
 ];
 /// Default size of the flow table (two entries per NATed connection).
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;

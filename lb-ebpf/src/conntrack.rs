@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::{
-    Verdict, forward,
+    Verdict, flowlog, forward,
     maps::{self, FLOWS},
     parse::Ipv4Packet,
 };
@@ -182,7 +182,9 @@ const E2BIG: i32 = 7;
 
 /// A new client → VIP connection: a Maglev-chosen backend, a free NAT port
 /// towards it, and both halves in FLOWS. Returns the forward half, with
-/// its next hop already resolved when the FIB knows it.
+/// its next hop already resolved when the FIB knows it. The connection is
+/// counted and told to the flow log where its entry goes in, so each is
+/// told once (not when another CPU's SYN made it a moment ago).
 #[inline(always)]
 pub fn create(
     ctx: &XdpContext,
@@ -218,6 +220,14 @@ pub fn create(
         };
         if FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok() {
             maps::count_new_flow(service.id, backend_id);
+            flowlog::opened(
+                &key,
+                &backend,
+                ([0; 4], [0; 2]),
+                FLOW_LOCAL,
+                t,
+                config.ticks_per_s,
+            );
         }
         return Err(Verdict::pass(Reason::PassLocalBackend));
     }
@@ -281,6 +291,14 @@ pub fn create(
         return match FLOWS.insert(&key, &flow, BPF_NOEXIST as u64) {
             Ok(()) => {
                 maps::count_new_flow(service.id, backend_id);
+                flowlog::opened(
+                    &key,
+                    &backend,
+                    (snat_ip, nat_port),
+                    0,
+                    t,
+                    config.ticks_per_s,
+                );
                 Ok(flow)
             }
             Err(e) => {

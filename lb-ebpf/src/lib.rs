@@ -2,8 +2,9 @@
 //! packet's path:
 //!
 //! parse → look up the flow (either direction) → for none, is it a new
-//! connection to a service? pick a backend (Maglev), create the flow →
-//! rewrite + checksums → forward (next hop cached in the flow).
+//! connection to a service? pick a backend (Maglev), create the flow (and
+//! tell the flow log) → rewrite + checksums → forward (next hop cached in
+//! the flow).
 //!
 //! Every verdict carries a [`Reason`], counted in one place. The program
 //! only looks things up: the agent computes services, backends and Maglev
@@ -11,6 +12,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod flowlog;
 pub mod forward;
 pub mod maps;
 pub mod parse;

@@ -16,12 +16,14 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
     macros::btf_map,
+    maps::ring_buf::RingBufEntry,
 };
 use bytemuck::Pod;
 use lb_common::{
     flow::{Flow, FlowKey},
+    flowlog::{FlowEvent, FlowLogCpu, RING_BYTES},
     maps::DEFAULT_MAX_FLOWS,
     service::{
         Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, Service,
@@ -69,6 +71,14 @@ static SERVICE_STATS: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuAr
 
 #[btf_map(name = "BACKEND_STATS")]
 static BACKEND_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// New connections, for the agent's flow log (flowlog.rs).
+#[btf_map(name = "FLOW_LOG")]
+static FLOW_LOG: RingBuf<FlowEvent, { RING_BYTES as usize }> = RingBuf::new();
+
+/// The flow log's token bucket and counters, one per CPU.
+#[btf_map(name = "FLOW_LOG_STATE")]
+static FLOW_LOG_STATE: PerCpuArray<FlowLogCpu, 1> = PerCpuArray::new();
 
 /// One read of a whole map value, a volatile load per word `W` (`T`'s
 /// size in `W`s, e.g. `[u64; 7]`), copied out: what C's READ_ONCE does.
@@ -196,4 +206,17 @@ pub fn count_backend(id: u32, bytes: u64) {
             (*t).bytes += bytes;
         }
     }
+}
+
+/// This CPU's flow log state.
+#[inline(always)]
+pub fn flow_log_cpu() -> Option<*mut FlowLogCpu> {
+    FLOW_LOG_STATE.get_ptr_mut(0)
+}
+
+/// Room for one flow log event in the ring buffer, or None when it is
+/// full. The caller writes and submits it.
+#[inline(always)]
+pub fn flow_log_reserve() -> Option<RingBufEntry<FlowEvent>> {
+    FLOW_LOG.reserve(0)
 }

@@ -33,6 +33,7 @@ use crate::{
     admin::{self, Status, status::Journal},
     cli::{Admin, Args, DEFAULT_ADMIN},
     config::{Config, OnDown},
+    flowlog::FlowLog,
     flows, health,
     health::Health,
     loader::{Dataplane, LoadOptions},
@@ -174,6 +175,7 @@ pub async fn run(args: Args) -> Result<()> {
         pin_dir: pin_dir.clone(),
         max_flows: config.max_flows,
         table_size: config.maglev_table_size,
+        flow_log: args.flow_log_limit(),
     })?;
 
     // From here on the kernel runs our program: whatever ends the agent,
@@ -319,6 +321,8 @@ struct Agent {
     /// The VRRP instances, when the node owns its VIPs through VRRP.
     vrrp: Option<Instances>,
     clock: Jiffies,
+    /// `--flow-log`, unless off.
+    flow_log: Option<FlowLog>,
 }
 
 /// The data plane's clock (jiffies) without reading /proc/timer_list on
@@ -427,6 +431,17 @@ impl Agent {
             warned: HashSet::new(),
             vrrp: None,
             clock,
+            flow_log: FlowLog::start(
+                dp.ebpf_mut(),
+                &args.flow_log,
+                args.flow_log_limit(),
+                ticks_per_s,
+                // Suppressed counts are reported even without a report.
+                Some(args.report_interval)
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(5)),
+                config.max_flows,
+            )?,
             config,
         };
         agent.reconciler.heartbeat(agent.clock.now())?;
@@ -726,7 +741,12 @@ impl Agent {
             && let Some(id) = self.reconciler.backend_id_of(target.backend)
         {
             match flows::reset_backend(&mut self.flows, id) {
-                Ok(n) => warn!("{name}: reset {n} flows (on_down = reset)"),
+                Ok(r) => {
+                    warn!("{name}: reset {} flows (on_down = reset)", r.removed);
+                    if let Some(log) = &self.flow_log {
+                        log.ended(r.ended);
+                    }
+                }
                 Err(e) => error!("{name}: resetting flows: {e:#}"),
             }
         }
@@ -849,9 +869,12 @@ impl Agent {
 
     fn age(&mut self) {
         let c = &self.config;
-        let swept = flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s);
+        let mut swept = flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s);
         if let Ok(s) = &swept {
             self.flows_seen = Some((s.entries, s.connections));
+        }
+        if let (Ok(s), Some(log)) = (&mut swept, &self.flow_log) {
+            log.ended(std::mem::take(&mut s.ended));
         }
         match swept {
             Ok(s) if s.pressure => warn!(

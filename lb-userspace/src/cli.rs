@@ -20,6 +20,10 @@ use crate::config::{
     parse_max_flows, parse_nat_ports, parse_priority, parse_rise, parse_snat_ip,
     parse_unicast_peer, parse_vip, parse_vrid,
 };
+use crate::{
+    flowlog::{Dest, parse_dest},
+    loader::FlowLogLimit,
+};
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -57,6 +61,19 @@ pub struct Args {
     /// since when) as JSON to this file on every change and every report.
     #[arg(long)]
     pub status_file: Option<PathBuf>,
+
+    /// Log every new connection and its end, like nginx's stream access
+    /// log (client, VIP, backend, time): `off`, `log` (into this log) or a
+    /// FILE to append to. Off, the data plane has no flow log code at all.
+    #[arg(long, value_name = "off|log|FILE", default_value = "off", value_parser = parse_dest)]
+    pub flow_log: Dest,
+
+    /// New connections the flow log takes per second on each CPU, in
+    /// bursts of as many; beyond that they are counted and the count is
+    /// logged ("suppressed"), so a SYN flood cannot flood the log.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=lb_common::flowlog::MAX_RATE as i64))]
+    pub flow_log_rate: u32,
 
     /// TOML file with the services and settings (instead of --vip and
     /// --backend). See xdplb.example.toml.
@@ -292,6 +309,17 @@ impl Args {
     /// which has none).
     pub fn iface(&self) -> &str {
         self.iface.as_deref().unwrap_or_default()
+    }
+
+    /// The flow log's rate limit for the data plane: off unless it logs.
+    pub fn flow_log_limit(&self) -> FlowLogLimit {
+        match self.flow_log {
+            Dest::Off => FlowLogLimit::OFF,
+            _ => FlowLogLimit {
+                rate: self.flow_log_rate,
+                burst: self.flow_log_rate,
+            },
+        }
     }
 
     pub fn pin_dir(&self) -> PathBuf {

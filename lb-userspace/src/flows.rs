@@ -62,6 +62,42 @@ pub struct Sweep {
     pub entries: usize,
     /// The table was nearly full: the sweep used the pressure timeouts.
     pub pressure: bool,
+    /// Connections seen closing (FIN or RST) or expired, for the flow log.
+    pub ended: Vec<Ended>,
+}
+
+/// How a connection ended, as the flow log says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// A FIN was seen (either way).
+    Fin,
+    /// An RST was seen.
+    Rst,
+    /// Idle past its timeout, with neither.
+    Idle,
+    /// Its flows were removed because its backend went down (on_down = reset).
+    Reset,
+}
+
+/// A connection that is over, by its client → VIP key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub key: FlowKey,
+    /// Its last packet (jiffies), either way.
+    pub last_seen: u64,
+    pub how: End,
+}
+
+/// Whether a connection that has seen `seen` is over: closing, or
+/// `expired`; and how.
+fn end_of(seen: u8, expired: bool) -> Option<End> {
+    if seen & SEEN_RST != 0 {
+        Some(End::Rst)
+    } else if seen & SEEN_FIN != 0 {
+        Some(End::Fin)
+    } else {
+        expired.then_some(End::Idle)
+    }
 }
 
 /// A reading of the data plane's clock (lb_common::clock): jiffies, and
@@ -89,8 +125,19 @@ impl Now {
 /// The expired keys among `flows`, pairing each connection's two halves.
 /// Pure, so it is tested without a kernel.
 pub fn expired(flows: &[(FlowKey, Flow)], now: Now, timeouts: &Timeouts) -> (Vec<FlowKey>, usize) {
+    let (dead, connections, _) = judge(flows, now, timeouts);
+    (dead, connections)
+}
+
+/// [`expired`], and the connections that are over ([`Ended`]).
+fn judge(
+    flows: &[(FlowKey, Flow)],
+    now: Now,
+    timeouts: &Timeouts,
+) -> (Vec<FlowKey>, usize, Vec<Ended>) {
     let by_key: HashMap<FlowKey, &Flow> = flows.iter().map(|(k, f)| (*k, f)).collect();
     let mut dead = Vec::new();
+    let mut ended = Vec::new();
     let mut connections = 0;
     let mut paired = std::collections::HashSet::new();
     for (key, flow) in flows.iter().filter(|(_, f)| f.dir == DIR_FORWARD) {
@@ -112,11 +159,19 @@ pub fn expired(flows: &[(FlowKey, Flow)], now: Now, timeouts: &Timeouts) -> (Vec
             }
             None => (flow.last_seen, flow.tcp_seen),
         };
-        if now.since(last) > timeouts.for_flow(key.proto, seen) {
+        let expired = now.since(last) > timeouts.for_flow(key.proto, seen);
+        if expired {
             dead.push(*key);
             if reply.is_some() {
                 dead.push(reply_key);
             }
+        }
+        if let Some(how) = end_of(seen, expired) {
+            ended.push(Ended {
+                key: *key,
+                last_seen: last,
+                how,
+            });
         }
     }
     // Reply halves whose forward half is gone (the data plane gives back a
@@ -129,7 +184,7 @@ pub fn expired(flows: &[(FlowKey, Flow)], now: Now, timeouts: &Timeouts) -> (Vec
             dead.push(*key);
         }
     }
-    (dead, connections)
+    (dead, connections, ended)
 }
 
 /// One pass over FLOWS (of `capacity` entries): removes what has expired.
@@ -151,7 +206,7 @@ pub fn sweep(
     } else {
         *timeouts
     };
-    let (dead, connections) = expired(&snapshot, now, &timeouts);
+    let (dead, connections, ended) = judge(&snapshot, now, &timeouts);
     // A flow the data plane gave back meanwhile is simply gone already.
     let removed = batch::delete(fd(map), &dead).context("removing expired flows")?;
     Ok(Sweep {
@@ -159,21 +214,38 @@ pub fn sweep(
         expired: removed,
         entries: snapshot.len(),
         pressure,
+        ended,
     })
+}
+
+/// What [`reset_backend`] removed.
+#[derive(Debug, Default)]
+pub struct Reset {
+    /// Flow entries (two per NATed connection).
+    pub removed: usize,
+    /// The connections, for the flow log.
+    pub ended: Vec<Ended>,
 }
 
 /// Removes every flow (both halves) of one backend: its clients' next
 /// packets start new flows on healthy backends, which answer with a reset,
 /// so the clients reconnect at once instead of waiting on a dead peer.
-pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32) -> Result<usize> {
+pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32) -> Result<Reset> {
     let flows: Vec<(FlowKey, Flow)> =
         batch::lookup_all(fd(map)).context("reading the flow table")?;
-    let keys: Vec<FlowKey> = flows
-        .into_iter()
-        .filter(|(_, f)| f.backend == backend)
-        .map(|(k, _)| k)
+    let mine: Vec<&(FlowKey, Flow)> = flows.iter().filter(|(_, f)| f.backend == backend).collect();
+    let keys: Vec<FlowKey> = mine.iter().map(|(k, _)| *k).collect();
+    let removed = batch::delete(fd(map), &keys).context("removing a backend's flows")?;
+    let ended = mine
+        .iter()
+        .filter(|(_, f)| f.dir == DIR_FORWARD)
+        .map(|(k, f)| Ended {
+            key: *k,
+            last_seen: f.last_seen,
+            how: End::Reset,
+        })
         .collect();
-    batch::delete(fd(map), &keys).context("removing a backend's flows")
+    Ok(Reset { removed, ended })
 }
 
 fn fd(map: &BpfHashMap<MapData, FlowKey, Flow>) -> std::os::fd::BorrowedFd<'_> {
@@ -263,6 +335,16 @@ mod tests {
             (s.connections, s.expired, s.entries, s.pressure),
             (3, 2, 6, false)
         );
+        let closed = pair(1, 0, 0, 0, 0)[0].0;
+        assert_eq!(
+            s.ended,
+            vec![Ended {
+                key: closed,
+                last_seen: ago(60),
+                how: End::Fin
+            }],
+            "the closed connection, once"
+        );
         let mut left: Vec<FlowKey> = map.keys().map(Result::unwrap).collect();
         left.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
         live.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
@@ -301,6 +383,46 @@ mod tests {
             "closing flow and its reply half"
         );
         assert!(dead.contains(&flows[4].0) && dead.contains(&flows[5].0));
+    }
+
+    /// The flow log hears of a connection once it has seen a FIN or RST,
+    /// expired or not yet, and of one that expired idle; not of a live one.
+    #[test]
+    fn closing_and_expired_connections_are_over() {
+        let t = Timeouts::default();
+        let now = 10_000 * S;
+        let est = SEEN_SYN | SEEN_ACK;
+        let mut flows = Vec::new();
+        flows.extend(pair(1, now - 5 * S, now - 3 * S, est | SEEN_FIN, est));
+        flows.extend(pair(2, now - 600 * S, now - 5 * S, est, est | SEEN_RST));
+        flows.extend(pair(3, now - 40 * S, 0, SEEN_SYN, 0));
+        flows.extend(pair(4, now - 5 * S, now - 5 * S, est, est));
+        let (dead, _, ended) = judge(&flows, at(now), &t);
+        assert_eq!(
+            dead,
+            vec![flows[4].0, flows[5].0],
+            "only the half-open one expired"
+        );
+        assert_eq!(
+            ended,
+            vec![
+                Ended {
+                    key: flows[0].0,
+                    last_seen: now - 3 * S,
+                    how: End::Fin
+                },
+                Ended {
+                    key: flows[2].0,
+                    last_seen: now - 5 * S,
+                    how: End::Rst
+                },
+                Ended {
+                    key: flows[4].0,
+                    last_seen: now - 40 * S,
+                    how: End::Idle
+                },
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod flowlog;
 pub mod flows;
 pub mod health;
 pub mod loader;

@@ -34,6 +34,18 @@ use crate::cli::XdpAttachMode;
 /// benchmark load this same object.
 pub static XDPLB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+/// The flow log's token bucket, per CPU: `rate` events a second, in
+/// bursts of up to `burst`; a rate of 0 turns the flow log off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLogLimit {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl FlowLogLimit {
+    pub const OFF: FlowLogLimit = FlowLogLimit { rate: 0, burst: 0 };
+}
+
 pub struct LoadOptions<'a> {
     pub iface: &'a str,
     pub mode: XdpAttachMode,
@@ -43,6 +55,7 @@ pub struct LoadOptions<'a> {
     pub pin_dir: PathBuf,
     pub max_flows: u32,
     pub table_size: u32,
+    pub flow_log: FlowLogLimit,
 }
 
 pub struct Dataplane {
@@ -64,10 +77,11 @@ impl Dataplane {
             pin_dir,
             max_flows,
             table_size,
+            flow_log,
         } = opts;
         let link_path = pin_dir.join(maps::LINK_PIN);
         let adopting = link_path.exists();
-        let mut ebpf = load_object(XDPLB_OBJECT, &pin_dir, max_flows, table_size)?;
+        let mut ebpf = load_object_with(XDPLB_OBJECT, &pin_dir, max_flows, table_size, flow_log)?;
         let prog: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .ok_or_else(|| anyhow!("no program '{}' in the object", maps::XDP_PROGRAM))?
@@ -143,11 +157,26 @@ impl Dataplane {
 /// into the kernel yet. One place for these settings, so the lab's tests
 /// and the benchmark load the data plane the agent runs, not a copy.
 pub fn load_object(object: &[u8], pin_dir: &Path, max_flows: u32, table_size: u32) -> Result<Ebpf> {
+    load_object_with(object, pin_dir, max_flows, table_size, FlowLogLimit::OFF)
+}
+
+/// [`load_object`] with the flow log's rate limit set into the program
+/// (load-time constants: the verifier drops the flow log's code when it
+/// is off).
+pub fn load_object_with(
+    object: &[u8],
+    pin_dir: &Path,
+    max_flows: u32,
+    table_size: u32,
+    flow_log: FlowLogLimit,
+) -> Result<Ebpf> {
     check_pinned_maps(pin_dir)?;
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(maps::FLOWS, max_flows)
-        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size));
+        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size))
+        .override_global(maps::FLOW_LOG_RATE, &flow_log.rate, true)
+        .override_global(maps::FLOW_LOG_BURST, &flow_log.burst, true);
     // BTF maps (lb-ebpf/src/maps.rs) carry no `pinning` attribute in
     // aya-ebpf 0.2.1, so `default_map_pin_directory` (which applies to
     // maps declaring pin-by-name) would leave them unpinned: each gets its
@@ -166,9 +195,10 @@ pub fn load_object(object: &[u8], pin_dir: &Path, max_flows: u32, table_size: u3
 
 /// The maps whose layout this build defines (lb-common's types), as the
 /// kernel must hold them for this program.
-fn expected_layouts() -> [(&'static str, MapType, usize, usize); 5] {
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
     use lb_common::{
         flow::{Flow, FlowKey},
+        flowlog::FlowLogCpu,
         service::{Backend, DataplaneConfig, Service, ServiceKey},
     };
     use std::mem::size_of;
@@ -192,6 +222,12 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 5] {
             MapType::Array,
             4,
             size_of::<DataplaneConfig>(),
+        ),
+        (
+            maps::FLOW_LOG_STATE,
+            MapType::PerCpuArray,
+            4,
+            size_of::<FlowLogCpu>(),
         ),
     ]
 }
