@@ -22,6 +22,7 @@ pub mod packets;
 pub mod peer_xdp;
 pub mod proc;
 pub mod testrun;
+pub mod wait;
 
 mod topology;
 

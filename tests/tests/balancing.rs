@@ -20,6 +20,7 @@ use lab::{
     bed::{Bed, fresh_connections, new_lab, tally},
     client::{Conn, Response},
     packets::{FrameBuilder, IPOPT_NOP, mac_of, send_frames},
+    wait::eventually,
 };
 use lb_common::{
     stats::{Reason, ReasonTotals},
@@ -33,20 +34,6 @@ const NAT_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
 /// How many packets a reason counted between two readings.
 fn grew(before: &ReasonTotals, after: &ReasonTotals, reason: Reason) -> u64 {
     after.get(reason).packets - before.get(reason).packets
-}
-
-/// Polls `f` every 50 ms until it holds or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn assert_within(

@@ -17,6 +17,7 @@ use lab::{
     bed::{Bed, new_lab},
     client::Conn,
     packets::{FrameBuilder, mac_of, send_frames},
+    wait::eventually,
 };
 use lb_common::{flowlog::FlowLogCpu, maps};
 
@@ -87,20 +88,6 @@ fn suppressed_counts(text: &str) -> (u64, u64) {
 
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Polls `f` every 100 ms until it holds or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The flow log's counters, summed over CPUs, from the pinned map; and

@@ -249,17 +249,8 @@ fn running_without_root_says_so() {
 }
 
 /// Polls `f` for up to 5 s.
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(f: impl FnMut() -> bool) -> bool {
+    lab::wait::eventually(Duration::from_secs(5), f)
 }
 
 #[test]

@@ -22,6 +22,7 @@ use lab::{
     client::Conn,
     keepalived::{Keepalived, KeepalivedOptions},
     netns, require_root,
+    wait::within,
 };
 use lb_userspace::vrrp::{Advert, Auth, Version};
 
@@ -50,20 +51,6 @@ fn start_lb(lab: &Lab, host: &str, vrrp: &[&str]) -> Agent {
     args.extend(["--status-file", &status]);
     lab.start_agent(host, &args)
         .unwrap_or_else(|e| panic!("starting xdplb on {host} with {args:?}: {e:#}"))
-}
-
-/// Polls `f` every 20 ms until it holds or `limit` passes; how long it took.
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn holds_vip(lab: &Lab, host: &str) -> bool {
