@@ -17,6 +17,7 @@ pub mod client;
 pub mod keepalived;
 pub mod live_frames;
 pub mod netns;
+pub mod node;
 pub mod objects;
 pub mod packets;
 pub mod peer_xdp;

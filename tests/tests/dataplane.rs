@@ -21,21 +21,22 @@
 //! Needs root (BPF, namespaces), like the lab tests.
 
 use std::{
-    collections::BTreeSet,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
 };
 
 use aya::{
-    Ebpf,
     maps::{HashMap as BpfHashMap, Map, PerCpuArray},
     programs::Xdp,
 };
 use lab::{
-    objects::XDPLB_OBJECT,
+    node::{
+        self, API_PORT, BACKEND_HOSTS, CLIENT, CLIENT_B, CLIENT_B_MAC, CLIENT_MAC, DNS_PORT,
+        LB_MAC, MAX_FLOWS, SNAT, TCP_SERVICE, VIP, addr,
+    },
     packets::{FrameBuilder, IPOPT_NOP},
     require_root,
-    testrun::{self, Mac, PinDir},
+    testrun::{self, Mac},
 };
 use lb_common::{
     csum::{checksum, fold, pseudo_header_sum, sum},
@@ -48,70 +49,17 @@ use lb_common::{
     wire::{ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 use lb_userspace::{
-    loader,
-    maps::{ControlMaps, ControlPlane},
-    plan::{Desired, DesiredBackend, DesiredService},
-    reconcile::Reconciler,
+    maps::ControlPlane,
+    plan::{Desired, DesiredBackend},
 };
 
 // ---------------------------------------------------------------------------
-// The node under test: addresses, services, backends.
-
-/// lb0's address: the node's own, and the SNAT source towards backends.
-const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
-const CLIENT_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
-
-const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
-const CLIENT_B_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-
-/// The backends' addresses and MACs (the namespace's neighbour entries).
-const BACKEND_HOSTS: [(Ipv4Addr, Mac); 3] = [
-    (Ipv4Addr::new(10, 0, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
-    (Ipv4Addr::new(10, 0, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
-    (Ipv4Addr::new(10, 0, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
-];
-
-/// The TCP service: VIP:6443 → backends :6443.
-const API_PORT: u16 = 6443;
-/// The UDP service: VIP:53 → backends :5353, a port change, so the
-/// destination port rewrite is exercised too. (Backend and service ids are
-/// the reconciler's to give: ask it, [`Dataplane::backend_id`].)
-const DNS_PORT: u16 = 53;
-const DNS_BACKEND_PORT: u16 = 5353;
-
-const NAT_PORT_MIN: u16 = 20000;
-const NAT_PORT_MAX: u16 = 29999;
-/// The smallest Maglev size, to keep the maps small.
-const TABLE_SIZE: u32 = 251;
-const MAX_FLOWS: u32 = 4096;
-
-const TCP_SERVICE: ServiceKey = ServiceKey {
-    vip: VIP.octets(),
-    port: API_PORT.to_be_bytes(),
-    proto: PROTO_TCP,
-    _pad: 0,
-};
-const UDP_SERVICE: ServiceKey = ServiceKey {
-    vip: VIP.octets(),
-    port: DNS_PORT.to_be_bytes(),
-    proto: PROTO_UDP,
-    _pad: 0,
-};
-
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
+// The node under test: addresses, services, backends, in lab::node (the
+// fuzz checks the program against the same node).
 
 /// The MAC of any host of the test node's subnet (its neighbour entry).
 fn mac_of_host(ip: Ipv4Addr) -> Mac {
-    match ip {
-        CLIENT => CLIENT_MAC,
-        CLIENT_B => CLIENT_B_MAC,
-        _ => mac_of_backend(ip),
-    }
+    node::neighbour_mac(ip).unwrap_or_else(|| panic!("{ip} is no host of the test node"))
 }
 
 fn mac_of_backend(ip: Ipv4Addr) -> Mac {
@@ -370,58 +318,12 @@ fn in_own_netns<T: Send + 'static>(test: &str, f: impl FnOnce() -> T + Send + 's
     testrun::in_own_netns(test, move || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// lb0 with the node's address, forwarding on, neighbours resolved. Returns
-/// lb0's ifindex.
-fn setup_network() -> u32 {
-    let hosts: Vec<(Ipv4Addr, Mac)> = [(CLIENT, CLIENT_MAC), (CLIENT_B, CLIENT_B_MAC)]
-        .into_iter()
-        .chain(BACKEND_HOSTS)
-        .collect();
-    testrun::setup_lb0(LB_MAC, &format!("{SNAT}/24"), &hosts)
-        .unwrap_or_else(|e| panic!("setting up the test namespace: {e:#}"))
-}
-
 struct Dataplane {
-    /// The program and the maps the reconciler does not write (FLOWS, the
-    /// counters).
-    ebpf: Ebpf,
-    /// The control maps, written only through the agent's reconciler.
-    reconciler: Reconciler<ControlMaps>,
+    /// The program, its maps and the reconciler that writes the control
+    /// maps (FLOWS and the counters are the tests' to read and write).
+    loaded: node::LoadedNode,
     /// What was last applied; tests change it with [`Dataplane::change`].
     desired: Desired,
-    ifindex: u32,
-    _pins: PinDir,
-}
-
-/// The node's two services, each over the three backend hosts, active.
-fn desired() -> Desired {
-    let service = |name: &str, key, port| DesiredService {
-        name: name.into(),
-        key,
-        backends: BACKEND_HOSTS
-            .iter()
-            .enumerate()
-            .map(|(i, (ip, _))| DesiredBackend {
-                name: format!("{name}-{i}"),
-                addr: addr(*ip, port),
-                weight: 1,
-                local: false,
-            })
-            .collect(),
-    };
-    Desired {
-        snat_ip: SNAT,
-        nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
-        active: true,
-        // Any rate works here: nothing in these tests waits for a second.
-        ticks_per_s: 250,
-        fence_after: 0,
-        services: vec![
-            service("api", TCP_SERVICE, API_PORT),
-            service("dns", UDP_SERVICE, DNS_BACKEND_PORT),
-        ],
-        vips: BTreeSet::new(),
-    }
 }
 
 impl Dataplane {
@@ -429,34 +331,19 @@ impl Dataplane {
     /// loads it, its control maps written by the agent's reconciler for the
     /// two services.
     fn start() -> Dataplane {
-        let ifindex = setup_network();
-        let pins = PinDir::create(PIN_PREFIX).unwrap_or_else(|e| panic!("{e:#}"));
-        let mut ebpf = loader::load_object(XDPLB_OBJECT, &pins.path, MAX_FLOWS, TABLE_SIZE)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let prog: &mut Xdp = ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .expect("no program xdplb in the object")
-            .try_into()
-            .expect("xdplb is not an XDP program");
-        prog.load().expect("the kernel rejected xdplb");
-        let control = ControlMaps::take(&mut ebpf).unwrap_or_else(|e| panic!("{e:#}"));
-        let reconciler = Reconciler::adopt(control, TABLE_SIZE).unwrap_or_else(|e| panic!("{e:#}"));
-        let mut dp = Dataplane {
-            ebpf,
-            reconciler,
-            desired: desired(),
-            ifindex,
-            _pins: pins,
-        };
-        dp.change(|_| ());
-        dp
+        Dataplane {
+            loaded: node::start(PIN_PREFIX),
+            // What node::start applied.
+            desired: node::desired(),
+        }
     }
 
     /// Changes the desired state and has the reconciler write it, as the
     /// agent does on a reload, a health change or a VRRP transition.
     fn change(&mut self, f: impl FnOnce(&mut Desired)) {
         f(&mut self.desired);
-        self.reconciler
+        self.loaded
+            .reconciler
             .apply(&self.desired)
             .unwrap_or_else(|e| panic!("applying {:?}: {e:#}", self.desired));
     }
@@ -476,24 +363,31 @@ impl Dataplane {
     }
 
     fn map(&self, name: &str) -> &Map {
-        self.ebpf
+        self.loaded
+            .ebpf
             .map(name)
             .unwrap_or_else(|| panic!("no map {name} in xdplb"))
     }
 
     fn map_mut(&mut self, name: &str) -> &mut Map {
-        self.ebpf
+        self.loaded
+            .ebpf
             .map_mut(name)
             .unwrap_or_else(|| panic!("no map {name} in xdplb"))
     }
 
     fn config(&self) -> DataplaneConfig {
-        self.reconciler.maps().config().expect("reading CONFIG")
+        self.loaded
+            .reconciler
+            .maps()
+            .config()
+            .expect("reading CONFIG")
     }
 
     /// The id the reconciler gave the backend at `addr`.
     fn backend_id(&self, addr: SocketAddrV4) -> u32 {
-        self.reconciler
+        self.loaded
+            .reconciler
             .backend_id_of(addr)
             .unwrap_or_else(|| panic!("{addr} has no backend id"))
     }
@@ -501,7 +395,8 @@ impl Dataplane {
     /// The id the reconciler gave the service (what flows and SERVICE_STATS
     /// carry).
     fn service_id(&self, key: ServiceKey) -> u32 {
-        self.reconciler
+        self.loaded
+            .reconciler
             .maps()
             .service(&key)
             .expect("reading SERVICES")
@@ -555,6 +450,7 @@ impl Dataplane {
             proto,
         );
         let (id, b) = self
+            .loaded
             .reconciler
             .maps()
             .backend_for(&key, hash)
@@ -577,13 +473,14 @@ impl Dataplane {
     /// value and the frame as it left the program.
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &Xdp = self
+            .loaded
             .ebpf
             .program(maps::XDP_PROGRAM)
             .unwrap()
             .try_into()
             .unwrap();
-        let ran =
-            testrun::run_xdp(prog, frame, self.ifindex, 1).unwrap_or_else(|e| panic!("{e:#}"));
+        let ran = testrun::run_xdp(prog, frame, self.loaded.ifindex, 1)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         (ran.return_value, ran.frame)
     }
 
@@ -975,7 +872,8 @@ fn assert_flows(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
         let mut v: Vec<(FlowKey, Flow)> = v
             .iter()
             .map(|e| {
-                normalized(dp.ifindex, e).unwrap_or_else(|e| panic!("FLOWS after {after}: {e}"))
+                normalized(dp.loaded.ifindex, e)
+                    .unwrap_or_else(|e| panic!("FLOWS after {after}: {e}"))
             })
             .collect();
         v.sort_by_key(|(k, _)| bytemuck::bytes_of(k).to_vec());
@@ -1365,7 +1263,7 @@ fn udp_service_is_nated_with_and_without_checksum() {
             assert!(
                 flows
                     .iter()
-                    .any(|e| normalized(dp.ifindex, e).is_ok_and(|n| n == entry)),
+                    .any(|e| normalized(dp.loaded.ifindex, e).is_ok_and(|n| n == entry)),
                 "FLOWS lacks {}",
                 show_flow(&entry)
             );
@@ -1416,7 +1314,7 @@ fn service_without_backends_passes() {
         // Every backend down or drained (weight 0): the reconciler writes
         // the service with table_size 0.
         dp.set_api_weights([0, 0, 0]);
-        let entry = dp.reconciler.maps().service(&TCP_SERVICE).unwrap();
+        let entry = dp.loaded.reconciler.maps().service(&TCP_SERVICE).unwrap();
         assert_eq!(
             entry.map(|s| s.table_size),
             Some(0),

@@ -1,10 +1,10 @@
 //! A fuzzer for the packet path (issue "Flood resistance", item 4): a
 //! million random and mutated frames through BPF_PROG_TEST_RUN into xdplb,
-//! loaded as the agent loads it, with live services: the node of
-//! dataplane.rs (lb0 10.0.0.2/24 in a namespace of its own, a TCP service
-//! VIP:6443 and a UDP service VIP:53 → :5353, three backends each, written
-//! by the agent's reconciler). Every frame is checked against these
-//! invariants:
+//! loaded as the agent loads it, with live services: the test node of
+//! `lab::node`, dataplane.rs's too (lb0 10.0.0.2/24 in a namespace of its
+//! own, a TCP service VIP:6443 and a UDP service VIP:53 → :5353, three
+//! backends each, written by the agent's reconciler). Every frame is
+//! checked against these invariants:
 //!
 //! 1. A frame that is not ours (not addressed to a service, not a packet of
 //!    a NATed flow) leaves with XDP_PASS, byte for byte as it came: the
@@ -79,7 +79,7 @@
 //! Needs root (BPF, namespaces), like the lab tests.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     fmt::{self, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsFd as _,
@@ -87,16 +87,18 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
     maps::{Map, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use bytemuck::Zeroable as _;
 use lab::{
-    objects::XDPLB_OBJECT,
+    node::{
+        self, API_PORT, BACKEND_HOSTS, CLIENT, CLIENT_B, CLIENT_MAC, DNS_BACKEND_PORT, DNS_PORT,
+        LB_MAC, MAX_FLOWS, NAT_PORT_MAX, NAT_PORT_MIN, SNAT, TCP_SERVICE, UDP_SERVICE, VIP, addr,
+    },
     packets::FrameBuilder,
     require_root,
-    testrun::{self, Mac, PinDir, XdpMd},
+    testrun::{self, Mac, XdpMd},
 };
 use lb_common::{
     csum::{checksum, fold, l4_checksum, pseudo_header_sum, sum},
@@ -109,12 +111,7 @@ use lb_common::{
         ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
     },
 };
-use lb_userspace::{
-    batch, loader,
-    maps::{ControlMaps, ControlPlane as _},
-    plan::{Desired, DesiredBackend, DesiredService},
-    reconcile::Reconciler,
-};
+use lb_userspace::{batch, maps::ControlPlane as _};
 
 /// The default seed: "xdplb" in ASCII.
 const DEFAULT_SEED: u64 = 0x78_6470_6c62;
@@ -125,52 +122,14 @@ const DEFAULT_CHECK_EVERY: u64 = 4096;
 const FLOWS_EVERY: u64 = 4096;
 
 // ---------------------------------------------------------------------------
-// The node under test, as in dataplane.rs.
+// The node under test: dataplane.rs's, from lab::node; what only the fuzz
+// needs is here.
 
-/// lb0's address: the node's own, and the SNAT source towards backends.
-const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
-const CLIENT_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
-
-const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
-const CLIENT_B_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-
-/// The backends' addresses and MACs (the namespace's neighbour entries).
-const BACKEND_HOSTS: [(Ipv4Addr, Mac); 3] = [
-    (Ipv4Addr::new(10, 0, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
-    (Ipv4Addr::new(10, 0, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
-    (Ipv4Addr::new(10, 0, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
-];
-
-const API_PORT: u16 = 6443;
-const DNS_PORT: u16 = 53;
-const DNS_BACKEND_PORT: u16 = 5353;
-const NAT_PORT_MIN: u16 = 20000;
-const NAT_PORT_MAX: u16 = 29999;
-const TABLE_SIZE: u32 = 251;
-/// Small, so that the fuzz fills it now and then (a full table refuses new
-/// connections: DropFlowTableFull).
-const MAX_FLOWS: u32 = 4096;
 /// lb0's MTU: the FIB answers "fragmentation needed" above it.
 const MTU: usize = 1500;
 /// The largest frame made: BPF_PROG_TEST_RUN takes at most a page less
 /// XDP's headroom and tailroom in the linear part.
 const MAX_FRAME: usize = 3000;
-
-const TCP_SERVICE: ServiceKey = ServiceKey {
-    vip: VIP.octets(),
-    port: API_PORT.to_be_bytes(),
-    proto: PROTO_TCP,
-    _pad: 0,
-};
-const UDP_SERVICE: ServiceKey = ServiceKey {
-    vip: VIP.octets(),
-    port: DNS_PORT.to_be_bytes(),
-    proto: PROTO_UDP,
-    _pad: 0,
-};
 
 const PIN_PREFIX: &str = "xdplb-fuzz-test-";
 
@@ -179,51 +138,10 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
-/// The MAC of a host with a neighbour entry on lb0.
+/// The MAC of a host with a neighbour entry on lb0 (the model holds
+/// addresses as the frame's bytes).
 fn neighbour_mac(ip: [u8; 4]) -> Option<Mac> {
-    let ip = Ipv4Addr::from(ip);
-    match ip {
-        CLIENT => Some(CLIENT_MAC),
-        CLIENT_B => Some(CLIENT_B_MAC),
-        _ => BACKEND_HOSTS
-            .iter()
-            .find(|(a, _)| *a == ip)
-            .map(|(_, m)| *m),
-    }
-}
-
-/// The node's two services, each over the three backend hosts, active.
-fn desired() -> Desired {
-    let service = |name: &str, key, port| DesiredService {
-        name: name.into(),
-        key,
-        backends: BACKEND_HOSTS
-            .iter()
-            .enumerate()
-            .map(|(i, (ip, _))| DesiredBackend {
-                name: format!("{name}-{i}"),
-                addr: addr(*ip, port),
-                weight: 1,
-                local: false,
-            })
-            .collect(),
-    };
-    Desired {
-        snat_ip: SNAT,
-        nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
-        active: true,
-        ticks_per_s: 250,
-        fence_after: 0,
-        services: vec![
-            service("api", TCP_SERVICE, API_PORT),
-            service("dns", UDP_SERVICE, DNS_BACKEND_PORT),
-        ],
-        vips: BTreeSet::new(),
-    }
+    node::neighbour_mac(Ipv4Addr::from(ip))
 }
 
 // ---------------------------------------------------------------------------
@@ -264,48 +182,22 @@ impl Settings {
 // ---------------------------------------------------------------------------
 // The loaded program.
 
-/// xdplb loaded (not attached) in this thread's namespace, its control
-/// maps written by the agent's reconciler.
+/// xdplb loaded (not attached) on the test node, see [`node::start`]; the
+/// methods are the fuzz's ways of reading it.
 struct Node {
-    ebpf: Ebpf,
-    reconciler: Reconciler<ControlMaps>,
-    ifindex: u32,
-    _pins: PinDir,
+    loaded: node::LoadedNode,
 }
 
 impl Node {
     fn start() -> Node {
-        let hosts: Vec<(Ipv4Addr, Mac)> = [(CLIENT, CLIENT_MAC), (CLIENT_B, CLIENT_B_MAC)]
-            .into_iter()
-            .chain(BACKEND_HOSTS)
-            .collect();
-        let ifindex = testrun::setup_lb0(LB_MAC, &format!("{SNAT}/24"), &hosts)
-            .unwrap_or_else(|e| panic!("setting up the test namespace: {e:#}"));
-        let pins = PinDir::create(PIN_PREFIX).unwrap_or_else(|e| panic!("{e:#}"));
-        let mut ebpf = loader::load_object(XDPLB_OBJECT, &pins.path, MAX_FLOWS, TABLE_SIZE)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let prog: &mut Xdp = ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .expect("no program xdplb in the object")
-            .try_into()
-            .expect("xdplb is not an XDP program");
-        prog.load().expect("the kernel rejected xdplb");
-        let control = ControlMaps::take(&mut ebpf).unwrap_or_else(|e| panic!("{e:#}"));
-        let mut reconciler =
-            Reconciler::adopt(control, TABLE_SIZE).unwrap_or_else(|e| panic!("{e:#}"));
-        reconciler
-            .apply(&desired())
-            .unwrap_or_else(|e| panic!("applying the services: {e:#}"));
         Node {
-            ebpf,
-            reconciler,
-            ifindex,
-            _pins: pins,
+            loaded: node::start(PIN_PREFIX),
         }
     }
 
     fn prog(&self) -> &Xdp {
-        self.ebpf
+        self.loaded
+            .ebpf
             .program(maps::XDP_PROGRAM)
             .unwrap()
             .try_into()
@@ -314,6 +206,7 @@ impl Node {
 
     fn reasons(&self) -> ReasonTotals {
         let m: PerCpuArray<_, Counter> = self
+            .loaded
             .ebpf
             .map(maps::REASON_STATS)
             .expect("no map REASON_STATS")
@@ -323,7 +216,7 @@ impl Node {
     }
 
     fn flows_map(&self) -> &aya::maps::MapData {
-        match self.ebpf.map(maps::FLOWS) {
+        match self.loaded.ebpf.map(maps::FLOWS) {
             Some(Map::HashMap(m)) => m,
             other => panic!("FLOWS is not a hash map: {other:?}"),
         }
@@ -343,7 +236,7 @@ impl Node {
     /// slot of its live Maglev table (read once: the services never change
     /// during the run).
     fn service_view(&self, key: ServiceKey) -> ServiceView {
-        let maps = self.reconciler.maps();
+        let maps = self.loaded.reconciler.maps();
         let svc = maps
             .service(&key)
             .expect("reading SERVICES")
@@ -373,7 +266,7 @@ impl<'a> Runner<'a> {
     fn new(node: &'a Node) -> Self {
         Runner {
             prog: node.prog(),
-            ifindex: node.ifindex,
+            ifindex: node.loaded.ifindex,
             out: vec![0; MAX_FRAME + 512],
             last_ret: u32::MAX,
         }
