@@ -263,3 +263,63 @@ pub fn map_memlock(pin: &Path) -> Result<u64> {
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow!("no memlock in the fdinfo of {}", pin.display()))
 }
+
+/// What an agent did when started on a pin directory holding a FLOWS map
+/// of another layout (made by bpftool: `map_type`, `key`/`value` sizes, no
+/// BTF): whether it exited successfully, its output, and whether the pin
+/// is still there. In a private namespace on `lb0`, bounded to 20 s.
+pub struct ForeignPins {
+    pub succeeded: bool,
+    pub output: String,
+    pub kept: bool,
+}
+
+pub fn agent_on_foreign_flows_pin(
+    test: &'static str,
+    map_type: &'static str,
+    key: usize,
+    value: usize,
+) -> ForeignPins {
+    in_own_netns(test, move || {
+        setup_lb0([2, 0, 0, 0, 0, 2], "10.0.0.2/24", &[])?;
+        let pins = PinDir::create(&format!("xdplb-{test}-"))?;
+        let flows = pins.path.join(lb_common::maps::FLOWS);
+        let made = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&flows)
+            .args([
+                "type",
+                map_type,
+                "key",
+                &key.to_string(),
+                "value",
+                &value.to_string(),
+            ])
+            .args(["entries", "1024", "name", "FLOWS"])
+            .status()?;
+        ensure!(made.success(), "bpftool map create failed");
+        let log = std::env::temp_dir().join(format!(
+            "{}.log",
+            pins.path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let mut cmd = std::process::Command::new(crate::bins::path("xdplb")?);
+        cmd.args(["--iface", "lb0", "--vip", "10.0.0.100"])
+            .args(["--backend", "10.0.0.21:6443", "--max-flows", "1024"])
+            .args(["--check", "none", "--no-assign-vip", "--admin", "off"])
+            .arg("--pin-dir")
+            .arg(&pins.path);
+        let mut agent = crate::proc::Proc::spawn("xdplb", cmd, &log)?;
+        let status = agent.wait_timeout(std::time::Duration::from_secs(20))?;
+        let output = agent.output();
+        let _ = std::fs::remove_file(&log);
+        let Some(status) = status else {
+            bail!("xdplb kept running on foreign pins:\n{output}");
+        };
+        Ok(ForeignPins {
+            succeeded: status.success(),
+            output,
+            kept: flows.exists(),
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}

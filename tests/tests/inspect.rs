@@ -6,7 +6,6 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
     process::Command,
-    time::Duration,
 };
 
 use lab::{apiserver::PORT, bed::Bed, require_root};
@@ -189,49 +188,23 @@ fn bpftool_dumps_backends_and_flows_with_named_fields() {
 #[test]
 fn pins_without_btf_are_refused_and_kept() {
     require_root();
-    let out = lab::testrun::in_own_netns("pins_without_btf", || {
-        lab::testrun::setup_lb0([2, 0, 0, 0, 0, 2], "10.0.0.2/24", &[])?;
-        let pins = lab::testrun::PinDir::create("xdplb-inspect-test-")?;
-        let flows = pins.path.join(maps::FLOWS);
-        let (key, value) = (
-            size_of::<lb_common::flow::FlowKey>().to_string(),
-            size_of::<lb_common::flow::Flow>().to_string(),
-        );
-        let made = Command::new("bpftool")
-            .args(["map", "create"])
-            .arg(&flows)
-            .args(["type", "hash", "key", &key, "value", &value])
-            .args(["entries", "1024", "name", "FLOWS"])
-            .status()?;
-        anyhow::ensure!(made.success(), "bpftool map create failed");
-        let log = std::env::temp_dir().join(format!(
-            "{}.log",
-            pins.path.file_name().unwrap().to_string_lossy()
-        ));
-        let mut cmd = Command::new(lab::bins::path("xdplb")?);
-        cmd.args(["--iface", "lb0", "--vip", "10.0.0.100"])
-            .args(["--backend", "10.0.0.21:6443", "--max-flows", "1024"])
-            .args(["--check", "none", "--no-assign-vip"])
-            .arg("--pin-dir")
-            .arg(&pins.path);
-        let mut agent = lab::proc::Proc::spawn("xdplb", cmd, &log)?;
-        let status = agent.wait_timeout(Duration::from_secs(20))?;
-        let output = agent.output();
-        let _ = std::fs::remove_file(&log);
-        anyhow::ensure!(
-            status.is_some(),
-            "xdplb kept running on pins without BTF:\n{output}"
-        );
-        Ok((status.unwrap().success(), output, flows.exists(), pins))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let (ok, output, kept, _pins) = out;
-    assert!(!ok, "xdplb accepted pins without BTF:\n{output}");
-    assert!(
-        output.contains("made by another xdplb version")
-            && output.contains("FLOWS")
-            && output.contains("no BTF"),
-        "the error does not say which pin and why:\n{output}"
+    let r = lab::testrun::agent_on_foreign_flows_pin(
+        "pins_without_btf",
+        "hash",
+        size_of::<lb_common::flow::FlowKey>(),
+        size_of::<lb_common::flow::Flow>(),
     );
-    assert!(kept, "the old FLOWS pin was removed");
+    assert!(
+        !r.succeeded,
+        "xdplb accepted pins without BTF:\n{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("made by another xdplb version")
+            && r.output.contains("FLOWS")
+            && r.output.contains("no BTF"),
+        "the error does not say which pin and why:\n{}",
+        r.output
+    );
+    assert!(r.kept, "the FLOWS pin without BTF was removed");
 }

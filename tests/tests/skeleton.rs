@@ -279,51 +279,16 @@ fn a_crashed_runs_namespaces_are_swept_before_a_lab_starts() {
 #[test]
 fn pins_of_another_version_are_refused_and_kept() {
     require_root();
-    let out = lab::testrun::in_own_netns("pins_of_another_version", || {
-        lab::testrun::setup_lb0([2, 0, 0, 0, 0, 2], "10.0.0.2/24", &[])?;
-        let pins = lab::testrun::PinDir::create("xdplb-skeleton-test-")?;
-        let flows = pins.path.join(lb_common::maps::FLOWS);
-        let made = Command::new("bpftool")
-            .args(["map", "create"])
-            .arg(&flows)
-            .args([
-                "type", "lru_hash", "key", "16", "value", "32", "entries", "1024",
-            ])
-            .args(["name", "FLOWS"])
-            .status()?;
-        anyhow::ensure!(made.success(), "bpftool map create failed");
-        let log = std::env::temp_dir().join(format!(
-            "{}.log",
-            pins.path.file_name().unwrap().to_string_lossy()
-        ));
-        let mut cmd = Command::new(lab::bins::path("xdplb")?);
-        cmd.args([
-            "--iface",
-            "lb0",
-            "--vip",
-            "10.0.0.100",
-            "--backend",
-            "10.0.0.21:6443",
-        ])
-        .args(["--check", "none", "--no-assign-vip"])
-        .arg("--pin-dir")
-        .arg(&pins.path);
-        let mut agent = lab::proc::Proc::spawn("xdplb", cmd, &log)?;
-        let status = agent.wait_timeout(Duration::from_secs(20))?;
-        let output = agent.output();
-        let _ = std::fs::remove_file(&log);
-        anyhow::ensure!(
-            status.is_some(),
-            "xdplb kept running on another version's pins:\n{output}"
-        );
-        Ok((status.unwrap().success(), output, flows.exists(), pins))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let (ok, output, kept, _pins) = out;
-    assert!(!ok, "xdplb accepted another version's pins:\n{output}");
+    let r = lab::testrun::agent_on_foreign_flows_pin("pins_of_another_version", "lru_hash", 16, 32);
     assert!(
-        output.contains("made by another xdplb version") && output.contains("FLOWS"),
-        "the error does not say which pin and why:\n{output}"
+        !r.succeeded,
+        "xdplb accepted another version's pins:\n{}",
+        r.output
     );
-    assert!(kept, "the other version's FLOWS pin was removed");
+    assert!(
+        r.output.contains("made by another xdplb version") && r.output.contains("FLOWS"),
+        "the error does not say which pin and why:\n{}",
+        r.output
+    );
+    assert!(r.kept, "the other version's FLOWS pin was removed");
 }
