@@ -70,8 +70,9 @@ impl World {
         }
     }
 
-    fn plan(&self) -> Desired {
-        plan(&Inputs {
+    /// Calls `f` with the planner's inputs for this world.
+    fn with_inputs<R>(&self, f: impl FnOnce(&Inputs) -> R) -> R {
+        f(&Inputs {
             config: &self.config,
             down: &self.down,
             drained: &self.drained,
@@ -82,6 +83,10 @@ impl World {
             fence_after: None,
             vrrp_vips: None,
         })
+    }
+
+    fn plan(&self) -> Desired {
+        self.with_inputs(plan)
     }
 
     fn set_down(&mut self, vip: u8, backend: u8, down: bool) {
@@ -203,35 +208,14 @@ fn every_backend_down_fails_open_over_all_of_them() {
     let mut w = World::new(config(&[(88, &[(1, 1), (2, 1)])]));
     w.set_down(88, 1, true);
     w.set_down(88, 2, true);
-    let inputs_failing = {
-        let down = w.down.clone();
-        let d = plan(&Inputs {
-            config: &w.config,
-            down: &down,
-            drained: &w.drained,
-            role: w.role,
-            local: &w.local,
-            snat_ip: Ipv4Addr::LOCALHOST,
-            ticks_per_s: 250,
-            fence_after: None,
-            vrrp_vips: None,
-        });
-        d.services[0].backends.iter().all(|b| b.weight == 1)
-    };
-    assert!(inputs_failing, "all down: configured weights");
+    let d = w.plan();
+    assert!(
+        d.services[0].backends.iter().all(|b| b.weight == 1),
+        "all down: configured weights"
+    );
     apply(&mut r, &w);
     assert_eq!(backends_of(&live_share(&r, 88)), [1, 2]);
-    let failing = failing_open(&Inputs {
-        config: &w.config,
-        down: &w.down,
-        drained: &w.drained,
-        role: w.role,
-        local: &w.local,
-        snat_ip: Ipv4Addr::LOCALHOST,
-        ticks_per_s: 250,
-        fence_after: None,
-        vrrp_vips: None,
-    });
+    let failing = w.with_inputs(failing_open);
     assert_eq!(failing, ["192.168.31.88:6443/tcp".to_string()]);
 
     // One back up: only it takes new flows.
