@@ -23,10 +23,7 @@ use lb_common::{
     maps,
     stats::{Counter, ReasonTotals, Traffic},
 };
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot, watch},
-};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Level, error, info, warn};
 
 use crate::{
@@ -44,14 +41,18 @@ use crate::{
     reconcile::Reconciler,
     stats,
     vip::{self, GarpPolicy, VipSet},
-    vrrp::{
-        self, State,
-        instances::{Instances, TrackInputs},
-    },
+    vrrp::{self, instances::Instances},
     xdp_mode,
 };
 
+mod clock;
+mod failover;
 mod snapshot;
+mod sources;
+mod status_file;
+
+use clock::Jiffies;
+use sources::{every, spawn_script, spawn_sources};
 
 /// Everything that can change what the node should do, or ask it to act.
 #[derive(Debug)]
@@ -325,32 +326,6 @@ struct Agent {
     flow_log: Option<FlowLog>,
 }
 
-/// The data plane's clock (jiffies) without reading /proc/timer_list on
-/// every heartbeat: read once, then advanced by the monotonic clock at the
-/// measured rate. Both count the same time, so the drift over a run is a
-/// tick or two; the heartbeat's margin is a quarter of the fencing window.
-struct Jiffies {
-    at: std::time::Instant,
-    ticks: u64,
-    per_s: u32,
-}
-
-impl Jiffies {
-    fn start(per_s: u32) -> Result<Self> {
-        let ticks = lb_common::clock::jiffies().context("reading jiffies from /proc/timer_list")?;
-        Ok(Jiffies {
-            at: std::time::Instant::now(),
-            ticks,
-            per_s,
-        })
-    }
-
-    fn now(&self) -> u64 {
-        let elapsed = self.at.elapsed().as_secs_f64();
-        self.ticks + (elapsed * f64::from(self.per_s)) as u64
-    }
-}
-
 impl Agent {
     async fn start(
         args: &Args,
@@ -523,11 +498,11 @@ impl Agent {
             return Err((Box::new(self), e));
         }
         if let Some(v) = &self.vrrp {
-            if let Some(every) = v.heartbeat_every() {
-                every_period(every, tx.clone(), || Event::Heartbeat);
+            if let Some(period) = v.heartbeat_every() {
+                every(period, tx.clone(), || Event::Heartbeat);
             }
             let shortest = v.fence_after().unwrap_or(Duration::from_secs(3)) / 3;
-            every_period(shortest.max(Duration::from_millis(100)), tx.clone(), || {
+            every(shortest.max(Duration::from_millis(100)), tx.clone(), || {
                 Event::Track
             });
             for (instance, inst) in v.list.iter().enumerate() {
@@ -606,97 +581,6 @@ impl Agent {
             Box::new(self),
             anyhow::anyhow!("every event source is gone"),
         ))
-    }
-
-    /// A VRRP instance changed state (or asks for gratuitous ARPs): the
-    /// plan follows, in the fixed order (a new master serves before it
-    /// takes the VIP, a demoted one fences before it lets the VIP go),
-    /// then the notify scripts run.
-    async fn on_vrrp(&mut self, i: usize, report: vrrp::driver::Report) -> Result<()> {
-        let Some(v) = &mut self.vrrp else {
-            return Ok(());
-        };
-        let Some(inst) = v.list.get_mut(i) else {
-            return Ok(());
-        };
-        let state = match report {
-            vrrp::driver::Report::Garp => {
-                info!(instance = %inst.config.name, "VRRP: re-announcing the VIPs (another master gave way)");
-                self.vips.reannounce();
-                return Ok(());
-            }
-            vrrp::driver::Report::State(s) => s,
-        };
-        if inst.state == state {
-            return Ok(());
-        }
-        inst.state = state;
-        let name = inst.config.name.clone();
-        let notify = inst.config.notify.clone();
-        let priority = inst.handle.snapshot.borrow().effective_priority;
-        let word = match state {
-            State::Master => "MASTER",
-            State::Backup => "BACKUP",
-            State::Initialize => "STOPPED",
-        };
-        self.role = if v.any_master() {
-            Role::Master
-        } else {
-            Role::Backup
-        };
-        // Tests and operators look for this line.
-        self.record(Level::INFO, format!("VRRP {name}: entering {word} state"));
-        self.converge().await?;
-        self.write_status();
-        let script = match state {
-            State::Master => notify.master.as_ref(),
-            State::Backup => notify.backup.as_ref(),
-            State::Initialize => notify.fault.as_ref(),
-        };
-        if let Some(script) = script {
-            vrrp::instances::notify(script, &[]);
-        }
-        if let Some(script) = &notify.any {
-            vrrp::instances::notify(script, &["INSTANCE", &name, word, &priority.to_string()]);
-        }
-        Ok(())
-    }
-
-    /// Judges what the VRRP instances track and adjusts their priorities.
-    async fn track(&mut self) {
-        if self.vrrp.is_none() {
-            return;
-        }
-        let dataplane_ok = self.reconciler.maps().config().is_ok()
-            && ReasonTotals::read(&self.reasons).is_ok()
-            && crate::xdp_mode::attached(self.args.iface()).await;
-        let Some(v) = &mut self.vrrp else {
-            return;
-        };
-        let down = self.health.down();
-        let config = &self.config;
-        let drained = &self.drained;
-        let services_up = |name: &str| -> usize {
-            let Some(s) = config.services.iter().find(|s| s.name == name) else {
-                return 0;
-            };
-            let key = service_key(s);
-            s.backends
-                .iter()
-                .filter(|b| {
-                    b.weight > 0
-                        && !drained.contains(&b.addr)
-                        && !down.contains(&plan::Target {
-                            service: key,
-                            backend: b.addr,
-                        })
-                })
-                .count()
-        };
-        v.track(&TrackInputs {
-            dataplane_ok,
-            services_up: &services_up,
-        });
     }
 
     /// A check task reported: fold it in, and if a backend changed state,
@@ -901,139 +785,4 @@ impl Agent {
             warn!("{message} (further failures of this kind are not logged)");
         }
     }
-
-    /// Publishes a snapshot for the admin endpoint, and writes
-    /// `--status-file`: every backend's state as JSON, replaced atomically
-    /// (write a temporary file, then rename) so readers never see half of it.
-    fn write_status(&self) {
-        self.publish();
-        let Some(path) = &self.args.status_file else {
-            return;
-        };
-        let vrrp: Vec<serde_json::Value> = self
-            .vrrp
-            .as_ref()
-            .map(|v| {
-                v.snapshots()
-                    .into_iter()
-                    .map(|(name, s)| {
-                        let rejects: serde_json::Map<String, serde_json::Value> = s
-                            .stats
-                            .rejects
-                            .iter()
-                            .filter(|(_, n)| *n > 0)
-                            .map(|(r, n)| (r.as_str().to_owned(), n.into()))
-                            .collect();
-                        serde_json::json!({
-                            "instance": name,
-                            "state": s.state.as_str(),
-                            "priority": s.priority,
-                            "effective_priority": s.effective_priority,
-                            "master": s.master.map(|m| m.to_string()),
-                            "transitions": s.stats.transitions,
-                            "adverts_sent": s.stats.adverts_sent,
-                            "adverts_received": s.stats.adverts_received,
-                            "rejects": rejects,
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let body = serde_json::json!({
-            "iface": self.args.iface(),
-            "backends": self.health.status(),
-            "vrrp": vrrp,
-        });
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let result = std::fs::write(&tmp, serde_json::to_vec_pretty(&body).unwrap_or_default())
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            warn!("writing the status file {}: {e}", path.display());
-        }
-    }
-}
-
-/// The event sources that are not tasks of their own already: signals and
-/// timers, each a small task sending into the loop.
-fn spawn_sources(args: &Args, config: &Config, tx: mpsc::UnboundedSender<Event>) -> Result<()> {
-    let signals: [(SignalKind, fn() -> Event); 3] = [
-        (SignalKind::terminate(), || Event::Shutdown("SIGTERM")),
-        (SignalKind::interrupt(), || Event::Shutdown("SIGINT")),
-        (SignalKind::hangup(), || Event::Reload(None)),
-    ];
-    for (kind, event) in signals {
-        let mut sig = signal(kind)?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while sig.recv().await.is_some() {
-                if tx.send(event()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    if !args.report_interval.is_zero() {
-        every(args.report_interval, tx.clone(), || Event::Report);
-    }
-    every(sweep_interval(config), tx, || Event::Age);
-    Ok(())
-}
-
-fn every_period(period: Duration, tx: mpsc::UnboundedSender<Event>, make: fn() -> Event) {
-    every(period, tx, make)
-}
-
-/// A track script run every `interval` (keepalived's `vrrp_script`).
-fn spawn_script(
-    instance: usize,
-    script: usize,
-    command: String,
-    interval: Duration,
-    limit: Duration,
-    tx: mpsc::UnboundedSender<Event>,
-) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let ok = vrrp::instances::run_script(&command, limit).await;
-            if tx
-                .send(Event::Script {
-                    instance,
-                    script,
-                    ok,
-                })
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-}
-
-fn every(period: Duration, tx: mpsc::UnboundedSender<Event>, make: fn() -> Event) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await; // the first tick is immediate
-        loop {
-            ticks.tick().await;
-            if tx.send(make()).is_err() {
-                return;
-            }
-        }
-    });
-}
-
-/// Often enough that the shortest timeout is honoured within ~50%.
-fn sweep_interval(config: &Config) -> Duration {
-    let t = &config.timeouts;
-    let shortest = t
-        .tcp_closing
-        .min(t.tcp_syn)
-        .min(t.udp)
-        .min(t.tcp_established);
-    (shortest / 2).clamp(Duration::from_secs(1), Duration::from_secs(10))
 }
