@@ -83,13 +83,16 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     {
         return Verdict::pass(Reason::PassNotService);
     }
+    // The clock, read once for the whole path: the heartbeat check, the
+    // flow's stamp and the next hop's age.
+    let now = conntrack::now();
     // The agent's word, unless it has gone silent (VRRP heartbeat).
-    let active = config.active(conntrack::now());
+    let active = config.active(now);
 
     // Established, either direction: one lookup has all the packet needs.
     let second = u64::from(config.ticks_per_s);
     if let Some(entry) = conntrack::lookup(&pkt) {
-        return established(ctx, pkt, entry, active, second);
+        return established(ctx, pkt, entry, active, now, second);
     }
 
     // A client → VIP:port packet opening a connection to a virtual service?
@@ -106,7 +109,7 @@ pub fn process(ctx: &XdpContext) -> Verdict {
         // A backup never NATs VIP traffic: the active node owns it.
         return Verdict::pass(Reason::PassNotActive);
     }
-    new_connection(ctx, pkt, &service, &config)
+    new_connection(ctx, pkt, &service, &config, now)
 }
 
 /// ARP passes to the kernel, which answers for the node's addresses (the
@@ -125,8 +128,8 @@ fn arp_verdict(arp: &ArpHdr) -> Verdict {
 }
 
 /// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,
-/// or backend → SNAT rewritten back to VIP → client. `second`: the
-/// clock's ticks per second (DataplaneConfig::ticks_per_s).
+/// or backend → SNAT rewritten back to VIP → client. `now`: the clock
+/// (jiffies); `second`: its ticks per second (DataplaneConfig::ticks_per_s).
 ///
 /// `entry` is shared with other CPUs and the agent: the packet is handled
 /// from one copy of it, and the only writes back are `touch` and
@@ -137,6 +140,7 @@ fn established(
     mut pkt: Ipv4Packet,
     entry: FlowRef,
     active: bool,
+    now: u64,
     second: u64,
 ) -> Verdict {
     let flow = entry.read();
@@ -149,7 +153,6 @@ fn established(
     if let Err(reason) = pkt.validate() {
         return Verdict::drop(reason);
     }
-    let now = conntrack::now();
     entry.touch(&flow, pkt.tcp_flags(), now, second);
     if flow.flags & FLOW_LOCAL != 0 {
         return Verdict::pass(Reason::PassLocalBackend);
@@ -178,11 +181,11 @@ fn new_connection(
     mut pkt: Ipv4Packet,
     service: &Service,
     config: &DataplaneConfig,
+    now: u64,
 ) -> Verdict {
     if let Err(reason) = pkt.validate() {
         return Verdict::drop(reason);
     }
-    let now = conntrack::now();
     let flow = match conntrack::create(ctx, &pkt, service, config, now) {
         Ok(flow) => flow,
         Err(verdict) => return verdict,

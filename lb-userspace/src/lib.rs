@@ -13,6 +13,7 @@ pub mod flows;
 pub mod health;
 pub mod loader;
 pub mod maps;
+pub mod netlink;
 pub mod node;
 pub mod plan;
 pub mod preflight;

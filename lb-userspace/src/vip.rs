@@ -25,6 +25,8 @@ use rtnetlink::{
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::netlink::Netlink;
+
 /// How a VIP is announced with gratuitous ARP, with keepalived's names and
 /// defaults: `garp_master_repeat` (5) at once when the node takes the VIP,
 /// as many again `garp_master_delay` (5 s) later (a switch that was still
@@ -153,7 +155,7 @@ impl VipSet {
 /// during a migration): the guard leaves it there at exit.
 pub async fn assign(iface: &str, vip: Ipv4Addr, garp: GarpPolicy, claim: bool) -> Result<VipGuard> {
     let nl = Netlink::open().with_context(|| format!("adding {vip}/32 to {iface}"))?;
-    let link = Link::find(&nl.handle, iface).await?;
+    let link = Link::find(&nl, iface).await?;
     let present = has_address(&nl.handle, link.index, vip)
         .await
         .with_context(|| format!("listing the addresses of {iface}"))?;
@@ -202,7 +204,7 @@ pub async fn assign(iface: &str, vip: Ipv4Addr, garp: GarpPolicy, claim: bool) -
 /// Returns the ones removed.
 pub async fn remove_stale(iface: &str, vips: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>> {
     let nl = Netlink::open().with_context(|| format!("checking {iface} for stale VIPs"))?;
-    let link = Link::find(&nl.handle, iface).await?;
+    let link = Link::find(&nl, iface).await?;
     let mut removed = Vec::new();
     for &vip in vips {
         if has_address(&nl.handle, link.index, vip)
@@ -336,30 +338,6 @@ async fn remove(iface: &str, index: u32, vip: Ipv4Addr) -> Result<()> {
     }
 }
 
-/// A netlink connection in the calling thread's network namespace; its
-/// driver task ends with it.
-struct Netlink {
-    handle: Handle,
-    task: JoinHandle<()>,
-}
-
-impl Netlink {
-    fn open() -> Result<Self> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().context("opening a netlink route socket")?;
-        Ok(Self {
-            handle,
-            task: tokio::spawn(conn),
-        })
-    }
-}
-
-impl Drop for Netlink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The positive errno of a netlink NACK.
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -375,14 +353,8 @@ struct Link {
 }
 
 impl Link {
-    async fn find(handle: &Handle, iface: &str) -> Result<Self> {
-        let found = handle
-            .link()
-            .get()
-            .match_name(iface)
-            .execute()
-            .try_next()
-            .await;
+    async fn find(nl: &Netlink, iface: &str) -> Result<Self> {
+        let found = nl.link(iface).await;
         let msg = match found {
             Ok(Some(msg)) => msg,
             Ok(None) => return Err(no_such_interface(iface)),
@@ -618,8 +590,8 @@ mod tests {
             .execute()
             .await
             .expect("bringing d1 up");
-        let d0 = Link::find(&nl.handle, "d0").await.unwrap();
-        let d1 = Link::find(&nl.handle, "d1").await.unwrap();
+        let d0 = Link::find(&nl, "d0").await.unwrap();
+        let d1 = Link::find(&nl, "d1").await.unwrap();
         let mac = d0.mac.expect("a veth has a MAC");
         let own = Ipv4Addr::new(10, 199, 0, 1);
         nl.handle

@@ -21,7 +21,7 @@ use rtnetlink::packet_route::link::{
     InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
 };
 
-use crate::cli::XdpAttachMode;
+use crate::{cli::XdpAttachMode, netlink::Netlink};
 
 /// What a veth's peer does with frames pushed into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,16 +146,11 @@ fn mode_name(mode: XdpAttachMode) -> &'static str {
 /// through IFLA_TARGET_NETNSID (Linux ≥ 4.20), which answers for a link in
 /// another namespace without entering it.
 pub async fn veth_peer(iface: &str) -> Result<Option<VethPeer>> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().context("opening a netlink route socket")?;
-    let task = tokio::spawn(conn);
-    let result = async {
-        let msg = handle
-            .link()
-            .get()
-            .match_name(iface)
-            .execute()
-            .try_next()
+    let nl = Netlink::open()?;
+    let handle = &nl.handle;
+    async {
+        let msg = nl
+            .link(iface)
             .await
             .with_context(|| format!("looking up interface {iface}"))?
             .with_context(|| format!("interface {iface} not found"))?;
@@ -214,27 +209,16 @@ pub async fn veth_peer(iface: &str) -> Result<Option<VethPeer>> {
             xdp: peer_xdp(&peer),
         }))
     }
-    .await;
-    task.abort();
-    result
+    .await
 }
 
 /// Whether an XDP program (any mode) is attached to `iface`, per the
 /// kernel: what VRRP tracking calls the data plane being there.
 pub async fn attached(iface: &str) -> bool {
-    let Ok((conn, handle, _)) = rtnetlink::new_connection() else {
+    let Ok(nl) = Netlink::open() else {
         return false;
     };
-    let task = tokio::spawn(conn);
-    let found = handle
-        .link()
-        .get()
-        .match_name(iface)
-        .execute()
-        .try_next()
-        .await;
-    task.abort();
-    let Ok(Some(msg)) = found else {
+    let Ok(Some(msg)) = nl.link(iface).await else {
         return false;
     };
     msg.attributes.iter().any(|a| match a {
