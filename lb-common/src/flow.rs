@@ -58,6 +58,18 @@ pub fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], pro
 /// ports taken all eight fail with probability p⁸ (< 0.4% at half full).
 pub const NAT_PORT_TRIES: u32 = 8;
 
+/// The `try_`th (SNAT address, NAT port) for a flow of hash `hash`: indexes
+/// into a pool of `addrs` addresses (at least 1) and `span` ports each.
+/// The pool is one space of `addrs × span` pairs, drawn from like the
+/// ports of one address ([`nat_port_offset`]), so a bigger pool is simply
+/// more room, and the first try is a fixed function of the tuple (a node
+/// taking over picks the same pair for the same flow).
+#[inline(always)]
+pub fn nat_choice(hash: u32, try_: u32, span: u32, addrs: u32) -> (u32, u32) {
+    let off = nat_port_offset(hash, try_, span * addrs);
+    (off / span, off % span)
+}
+
 /// The `try_`th NAT port offset (0..span) for a flow of hash `hash`.
 ///
 /// Every try is a fresh hash of (flow, try), not a fixed stride from the
@@ -387,6 +399,39 @@ pub struct Flow {
     pub _pad: u8,
 }
 
+/// EMBRYOS value: a TCP connection that has not shown it is real yet (a
+/// half-open connection), both halves as in FLOWS, in an LRU map of their
+/// own. A spoofed SYN flood can only ever fill EMBRYOS, whose oldest
+/// entries the kernel evicts, and whose NAT ports a new connection may
+/// reclaim (see lb-ebpf's conntrack): it cannot pin NAT ports or FLOWS.
+///
+/// It becomes a FLOWS entry (is promoted) once the connection proves it is
+/// real: for one opened by a SYN, the client's ACK of the backend's SYN-ACK
+/// (acknowledging exactly the backend's ISN + 1, which a blind spoofer
+/// cannot know); for one picked up mid-stream (a non-SYN packet of no known
+/// flow: a flow opened before a failover or a restart, or an ACK flood),
+/// any answer of the backend but an RST.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Embryo {
+    /// The rewrite and next hop, as the FLOWS entry will have them;
+    /// `last_seen` is when the embryo was made (the oldest is reclaimed first).
+    pub flow: Flow,
+    /// Reply half, EMBRYO_SYNACK set: the ACK number that promotes it (the
+    /// backend's ISN + 1).
+    pub ack_expect: u32,
+    /// EMBRYO_* flags.
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Embryo opened by a client's SYN (else picked up mid-stream).
+pub const EMBRYO_SYN: u8 = 1;
+/// Reply half: the backend's SYN-ACK passed; `ack_expect` is valid.
+pub const EMBRYO_SYNACK: u8 = 2;
+
+const _: () = assert!(core::mem::size_of::<Embryo>() == 64);
+
 /// Where a packet to one address leaves, from the kernel's FIB: kept in
 /// the flow so established traffic needs no `bpf_fib_lookup` (the largest
 /// cost on the forward path) and no second map lookup; refreshed after a
@@ -408,4 +453,5 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::Embryo {}
 }

@@ -14,6 +14,16 @@ pub const MAGLEV: &str = "MAGLEV";
 /// Hash of [`crate::flow::FlowKey`] → [`crate::flow::Flow`] (not LRU:
 /// the agent ages flows; nothing evicts a live connection).
 pub const FLOWS: &str = "FLOWS";
+/// LRU hash of [`crate::flow::FlowKey`] → [`crate::flow::Embryo`]: TCP
+/// connections not yet shown to be real (half-open), both halves; promoted
+/// to FLOWS when they are. The kernel evicts the oldest when it is full.
+pub const EMBRYOS: &str = "EMBRYOS";
+/// Array of SNAT addresses (4 bytes, network order): the pool NATed
+/// connections' source addresses are drawn from
+/// ([`crate::service::DataplaneConfig::snat_count`] of them).
+pub const SNAT_IPS: &str = "SNAT_IPS";
+/// Per-CPU array of one [`crate::stats::EmbryoStats`].
+pub const EMBRYO_STATS: &str = "EMBRYO_STATS";
 /// Hash of VIP (4 bytes, network order) → flags (0): the addresses the
 /// services answer on, for fencing ARP when the agent is gone.
 pub const VIPS: &str = "VIPS";
@@ -39,6 +49,9 @@ pub const FLOW_LOG_BURST: &str = "FLOW_LOG_BURST";
 /// Every map the agent pins, by these names, under its pin directory.
 pub const PINNED: &[&str] = &[
     CONFIG,
+    SNAT_IPS,
+    EMBRYOS,
+    EMBRYO_STATS,
     SERVICES,
     VIPS,
     BACKENDS,
@@ -56,6 +69,9 @@ pub const PINNED: &[&str] = &[
 /// FLOW_LOG, a ring buffer, for which the kernel takes no key/value types.
 pub const WITH_BTF: &[&str] = &[
     CONFIG,
+    SNAT_IPS,
+    EMBRYOS,
+    EMBRYO_STATS,
     SERVICES,
     VIPS,
     BACKENDS,
@@ -68,6 +84,11 @@ pub const WITH_BTF: &[&str] = &[
 ];
 /// Default size of the flow table (two entries per NATed connection).
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Default size of EMBRYOS (two entries per half-open connection): under a
+/// flood of R spoofed SYNs a second, a half-open connection lives about
+/// 65,536 / R seconds before it is evicted (65 ms at 1 Mpps), long enough
+/// for a legitimate client's ACK across a LAN or a region.
+pub const DEFAULT_MAX_EMBRYOS: u32 = 131_072;
 /// Pin name of the XDP link, beside the maps.
 pub const LINK_PIN: &str = "xdp_link";
 

@@ -12,6 +12,8 @@ pub const MAX_SERVICES: u32 = 32;
 /// Most backends over all services (BACKENDS, BACKEND_STATS); a backend's
 /// id indexes both.
 pub const MAX_BACKENDS: u32 = 4096;
+/// Most SNAT addresses in the pool (SNAT_IPS).
+pub const MAX_SNAT_IPS: u32 = 16;
 /// Default Maglev table size: a prime ≥ 100 × 163 backends.
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
 
@@ -65,7 +67,8 @@ pub const CONFIG_ACTIVE: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct DataplaneConfig {
-    /// Source address of NATed packets towards backends.
+    /// Source address of NATed packets towards backends: the first of the
+    /// SNAT pool (SNAT_IPS), or the only one.
     pub snat_ip: [u8; 4],
     /// NAT source ports, inclusive, host byte order.
     pub nat_port_min: u16,
@@ -84,7 +87,10 @@ pub struct DataplaneConfig {
     /// master once a backup takes over. The agent sets it to the shortest
     /// Master_Down_Interval's 3 × advert interval. 0: no heartbeat (no VRRP).
     pub fence_after: u32,
-    pub _pad: u32,
+    /// Addresses in the SNAT pool (SNAT_IPS[0..snat_count]); 0 or 1: just
+    /// `snat_ip`. Each adds `nat_port_max - nat_port_min + 1` ports per
+    /// backend.
+    pub snat_count: u32,
 }
 
 impl DataplaneConfig {

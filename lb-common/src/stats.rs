@@ -10,6 +10,23 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// What happened to half-open connections (EMBRYOS), per CPU; the agent
+/// sums. Events, not packet verdicts: the packet that reclaims a port is
+/// still forwarded and counted under its verdict's reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EmbryoStats {
+    /// Half-open connections made (by a SYN, or a mid-stream packet).
+    pub opened: u64,
+    /// Promoted to FLOWS: the connection showed it is real.
+    pub promoted: u64,
+    /// NAT ports taken from the oldest half-open connection probed,
+    /// because the backend's ports were all held (a SYN flood's mark).
+    pub reclaimed: u64,
+    /// Ended by an RST from either side before promotion.
+    pub reset: u64,
+}
+
 impl Counter {
     #[inline(always)]
     pub fn add(&mut self, bytes: u64) {
@@ -34,6 +51,10 @@ pub struct Traffic {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), three u64s, no padding (bytemuck::Pod proves it).
 unsafe impl aya::Pod for Traffic {}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), four u64s, no padding (bytemuck::Pod proves it).
+unsafe impl aya::Pod for EmbryoStats {}
 
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $variant:ident = $value:literal => $name:literal, )*) => {
@@ -121,6 +142,14 @@ reasons! {
     /// node whose agent died must stop answering for the VIP, so that
     /// neighbours follow the new master's gratuitous ARPs.
     DropArpFenced = 24 => "drop_arp_fenced",
+    /// A TCP RST for a service that belongs to no connection: nothing to
+    /// reset, and no state made for it.
+    DropRstNoFlow = 25 => "drop_rst_no_flow",
+    /// The client's ACK of a handshake whose half-open entry lost its NAT
+    /// port to a newer one (ports of half-open connections are reclaimed
+    /// when a backend's run out): the connection cannot be completed, and
+    /// the client's next segment is reset by the backend.
+    DropEmbryoLost = 26 => "drop_embryo_lost",
 }
 
 /// Number of slots in the reason array. Leaves room for reasons added
