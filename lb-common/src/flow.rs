@@ -417,12 +417,17 @@ pub struct Embryo {
     /// The rewrite and next hop, as the FLOWS entry will have them;
     /// `last_seen` is when the embryo was made (the oldest is reclaimed first).
     pub flow: Flow,
+    /// Reply half of one opened by a SYN: the client's ISN + 1, which the
+    /// backend's SYN-ACK must acknowledge (a SYN-ACK that doesn't is a
+    /// backend's retransmission for an older connection on the same NAT
+    /// port, and must not reach this client).
+    pub syn_next: u32,
     /// Reply half, EMBRYO_SYNACK set: the ACK number that promotes it (the
     /// backend's ISN + 1).
     pub ack_expect: u32,
     /// EMBRYO_* flags.
     pub state: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 /// Embryo opened by a client's SYN (else picked up mid-stream).
@@ -430,7 +435,7 @@ pub const EMBRYO_SYN: u8 = 1;
 /// Reply half: the backend's SYN-ACK passed; `ack_expect` is valid.
 pub const EMBRYO_SYNACK: u8 = 2;
 
-const _: () = assert!(core::mem::size_of::<Embryo>() == 64);
+const _: () = assert!(core::mem::size_of::<Embryo>() == 72);
 
 /// Where a packet to one address leaves, from the kernel's FIB: kept in
 /// the flow so established traffic needs no `bpf_fib_lookup` (the largest

@@ -16,20 +16,20 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
     maps::ring_buf::RingBufEntry,
 };
 use bytemuck::Pod;
 use lb_common::{
-    flow::{Flow, FlowKey},
+    flow::{Embryo, Flow, FlowKey},
     flowlog::{FlowEvent, FlowLogCpu, RING_BYTES},
-    maps::DEFAULT_MAX_FLOWS,
+    maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS},
     service::{
-        Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, Service,
-        ServiceKey,
+        Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_IPS,
+        Service, ServiceKey,
     },
-    stats::{Counter, REASON_SLOTS, Reason, Traffic},
+    stats::{Counter, EmbryoStats, REASON_SLOTS, Reason, Traffic},
 };
 
 #[btf_map(name = "CONFIG")]
@@ -59,6 +59,24 @@ static MAGLEV: Array<u32, { (MAX_SERVICES * 2 * DEFAULT_TABLE_SIZE) as usize }> 
 /// from a per-CPU free list, with no allocation and no LRU bookkeeping.
 #[btf_map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+
+/// Half-open TCP connections, both halves (lb_common::flow::Embryo): what
+/// a SYN makes, until the client's ACK moves it to FLOWS (embryo.rs). An
+/// LRU, unlike FLOWS: losing a half-open connection costs a legitimate
+/// client one SYN retransmission, and under a spoofed flood the oldest go
+/// first, so a flood can fill this map but never lock clients out. The
+/// agent sizes it at load time.
+#[btf_map(name = "EMBRYOS")]
+pub static EMBRYOS: LruHashMap<FlowKey, Embryo, { DEFAULT_MAX_EMBRYOS as usize }> =
+    LruHashMap::new();
+
+/// The SNAT pool: DataplaneConfig::snat_count addresses (network order).
+#[btf_map(name = "SNAT_IPS")]
+static SNAT_IPS: Array<[u8; 4], { MAX_SNAT_IPS as usize }> = Array::new();
+
+/// What happened to half-open connections, per CPU.
+#[btf_map(name = "EMBRYO_STATS")]
+static EMBRYO_STATS: PerCpuArray<EmbryoStats, 1> = PerCpuArray::new();
 
 #[btf_map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash<64> = DevMapHash::new();
@@ -117,6 +135,27 @@ pub fn config() -> Option<DataplaneConfig> {
     CONFIG
         .get_ptr(0)
         .map(|p| unsafe { read_once::<_, [u64; 4]>(p) })
+}
+
+/// Addresses in the SNAT pool (at least one: `snat_ip`).
+#[inline(always)]
+pub fn snat_addrs(config: &DataplaneConfig) -> u32 {
+    config.snat_count.clamp(1, MAX_SNAT_IPS)
+}
+
+/// The pool's `index`th SNAT address (index < [`snat_addrs`]); the first
+/// is `snat_ip`, read without a lookup. One 4-byte load: the agent writes
+/// the pool before it raises `snat_count` over it.
+#[inline(always)]
+pub fn snat_addr(config: &DataplaneConfig, index: u32) -> [u8; 4] {
+    if index == 0 {
+        return config.snat_ip;
+    }
+    // SAFETY: a SNAT_IPS value pointer from this lookup.
+    SNAT_IPS
+        .get_ptr(index)
+        .map(|p| unsafe { read_once::<_, u32>(p) })
+        .unwrap_or(config.snat_ip)
 }
 
 /// Whether `addr` is a VIP of a service.
@@ -205,6 +244,15 @@ pub fn count_backend(id: u32, bytes: u64) {
             (*t).packets += 1;
             (*t).bytes += bytes;
         }
+    }
+}
+
+/// Counts one half-open connection event on this CPU.
+#[inline(always)]
+pub fn count_embryo(event: fn(&mut EmbryoStats) -> &mut u64) {
+    if let Some(e) = EMBRYO_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU, as count_reason.
+        unsafe { *event(&mut *e) += 1 };
     }
 }
 
