@@ -66,7 +66,10 @@ pub const NAT_PORT_TRIES: u32 = 8;
 /// taking over picks the same pair for the same flow).
 #[inline(always)]
 pub fn nat_choice(hash: u32, try_: u32, span: u32, addrs: u32) -> (u32, u32) {
-    let off = nat_port_offset(hash, try_, span * addrs);
+    // Never a division by zero, so the data plane carries no panic path
+    // (the verifier refuses a BPF subprogram that ends in one).
+    let span = span.max(1);
+    let off = nat_port_offset(hash, try_, span.wrapping_mul(addrs).max(1));
     (off / span, off % span)
 }
 

@@ -186,6 +186,8 @@ pub struct Choice {
     pub hash: u32,
     pub backend_id: u32,
     pub backend: Backend,
+    /// The service's id (SERVICE_STATS index).
+    pub service: u32,
 }
 
 /// The backend a new connection of `service` goes to: the Maglev slot of
@@ -209,6 +211,7 @@ pub fn choose(pkt: &Ipv4Packet, service: &Service) -> Result<Choice, Verdict> {
         hash,
         backend_id,
         backend,
+        service: service.id,
     })
 }
 
@@ -226,7 +229,7 @@ pub fn nat_candidate(config: &DataplaneConfig, hash: u32, try_: u32) -> ([u8; 4]
 
 /// The half that rewrites the backend's replies back to the client.
 #[inline(always)]
-pub fn reply_half(key: &FlowKey, choice: &Choice, service: &Service, t: u64) -> Flow {
+pub fn reply_half(key: &FlowKey, choice: &Choice, t: u64) -> Flow {
     Flow {
         last_seen: t,
         new_src: key.dst,
@@ -234,7 +237,7 @@ pub fn reply_half(key: &FlowKey, choice: &Choice, service: &Service, t: u64) -> 
         new_sport: key.dport,
         new_dport: key.sport,
         backend: choice.backend_id,
-        service: service.id,
+        service: choice.service,
         dir: DIR_REPLY,
         ..Flow::default()
     }
@@ -249,7 +252,6 @@ pub fn forward_half(
     ctx: &XdpContext,
     pkt: &Ipv4Packet,
     choice: &Choice,
-    service: &Service,
     (snat, nat_port): ([u8; 4], [u8; 2]),
     t: u64,
 ) -> Flow {
@@ -275,7 +277,7 @@ pub fn forward_half(
         new_sport: nat_port,
         new_dport: backend.port,
         backend: choice.backend_id,
-        service: service.id,
+        service: choice.service,
         hop,
         tcp_seen: seen_bits(pkt.tcp_flags()),
         dir: DIR_FORWARD,
@@ -292,21 +294,20 @@ pub fn forward_half(
 pub fn create_local(
     pkt: &Ipv4Packet,
     choice: &Choice,
-    service: &Service,
     config: &DataplaneConfig,
     t: u64,
 ) -> Verdict {
     let flow = Flow {
         last_seen: t,
         backend: choice.backend_id,
-        service: service.id,
+        service: choice.service,
         tcp_seen: seen_bits(pkt.tcp_flags()),
         dir: DIR_FORWARD,
         flags: FLOW_LOCAL,
         ..Flow::default()
     };
     if FLOWS.insert(&choice.key, &flow, BPF_NOEXIST as u64).is_ok() {
-        opened(choice, service.id, ([0; 4], [0; 2]), FLOW_LOCAL, config, t);
+        opened(choice, ([0; 4], [0; 2]), FLOW_LOCAL, config, t);
     }
     Verdict::pass(Reason::PassLocalBackend)
 }
@@ -316,13 +317,12 @@ pub fn create_local(
 #[inline(always)]
 pub fn opened(
     choice: &Choice,
-    service: u32,
     nat: ([u8; 4], [u8; 2]),
     flags: u8,
     config: &DataplaneConfig,
     t: u64,
 ) {
-    maps::count_new_flow(service, choice.backend_id);
+    maps::count_new_flow(choice.service, choice.backend_id);
     flowlog::opened(&choice.key, &choice.backend, nat, flags, t, config.ticks_per_s);
 }
 
@@ -335,13 +335,12 @@ pub fn create(
     ctx: &XdpContext,
     pkt: &Ipv4Packet,
     choice: &Choice,
-    service: &Service,
     config: &DataplaneConfig,
     t: u64,
 ) -> Result<Flow, Verdict> {
     let key = &choice.key;
     let backend = &choice.backend;
-    let reply = reply_half(key, choice, service, t);
+    let reply = reply_half(key, choice, t);
     for i in 0..NAT_PORT_TRIES {
         let (snat, nat_port) = nat_candidate(config, choice.hash, i);
         let reply_key = FlowKey::reply_of(snat, backend.ip, nat_port, backend.port, key.proto);
@@ -352,10 +351,10 @@ pub fn create(
             Err(e) if e == -E2BIG => return Err(Verdict::drop(Reason::DropFlowTableFull)),
             Err(_) => return Err(aborted()),
         }
-        let flow = forward_half(ctx, pkt, choice, service, (snat, nat_port), t);
+        let flow = forward_half(ctx, pkt, choice, (snat, nat_port), t);
         return match FLOWS.insert(key, &flow, BPF_NOEXIST as u64) {
             Ok(()) => {
-                opened(choice, service.id, (snat, nat_port), 0, config, t);
+                opened(choice, (snat, nat_port), 0, config, t);
                 Ok(flow)
             }
             Err(e) => {
@@ -378,8 +377,5 @@ pub fn create(
 
 #[inline(always)]
 pub fn aborted() -> Verdict {
-    Verdict {
-        action: xdp_action::XDP_ABORTED,
-        reason: Reason::AbortedMapUpdate,
-    }
+    Verdict::new(xdp_action::XDP_ABORTED, Reason::AbortedMapUpdate)
 }

@@ -16,6 +16,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
     btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
     maps::ring_buf::RingBufEntry,
@@ -29,7 +30,7 @@ use lb_common::{
         Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_IPS,
         Service, ServiceKey,
     },
-    stats::{Counter, EmbryoStats, REASON_SLOTS, Reason, Traffic},
+    stats::{Counter, EmbryoStats, REASON_SLOTS, Traffic},
 };
 
 #[btf_map(name = "CONFIG")]
@@ -77,6 +78,27 @@ static SNAT_IPS: Array<[u8; 4], { MAX_SNAT_IPS as usize }> = Array::new();
 /// What happened to half-open connections, per CPU.
 #[btf_map(name = "EMBRYO_STATS")]
 static EMBRYO_STATS: PerCpuArray<EmbryoStats, 1> = PerCpuArray::new();
+
+/// Room for the packet path's large temporaries, one per CPU: the FIB
+/// lookup's parameters and a half-open connection's entry as it is built.
+/// On the stack they would take a quarter of the 512 bytes the verifier
+/// allows. Not pinned: nothing in it outlives a packet.
+#[btf_map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    pub embryo: Embryo,
+}
+
+/// This CPU's scratch space. XDP runs with migration disabled and never
+/// nests on a CPU, so the packet that takes it has it to itself until it
+/// returns.
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
 
 #[btf_map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash<64> = DevMapHash::new();
@@ -204,8 +226,8 @@ pub fn maglev_slot(index: u32) -> Option<u32> {
 }
 
 #[inline(always)]
-pub fn count_reason(reason: Reason, bytes: u64) {
-    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
+pub fn count_reason(reason: u32, bytes: u64) {
+    if let Some(c) = REASON_STATS.get_ptr_mut(reason) {
         // SAFETY: a per-CPU slot, written only by runs on this CPU (XDP
         // runs with migration disabled), which in NAPI's softirq never
         // interleave: this `&mut` is unique. The agent's reads are syscall

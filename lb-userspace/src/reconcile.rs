@@ -284,7 +284,7 @@ impl<M: ControlPlane> Reconciler<M> {
             ticks_per_s: desired.ticks_per_s,
             heartbeat: self.heartbeat,
             fence_after: desired.fence_after,
-            _pad: 0,
+            snat_count: 1,
         }
     }
 
