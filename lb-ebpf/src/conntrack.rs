@@ -323,7 +323,14 @@ pub fn opened(
     t: u64,
 ) {
     maps::count_new_flow(choice.service, choice.backend_id);
-    flowlog::opened(&choice.key, &choice.backend, nat, flags, t, config.ticks_per_s);
+    flowlog::opened(
+        &choice.key,
+        &choice.backend,
+        nat,
+        flags,
+        t,
+        config.ticks_per_s,
+    );
 }
 
 /// A new connection straight into FLOWS (UDP: no handshake tells a real

@@ -32,9 +32,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    flow::{
-        EMBRYO_SYN, EMBRYO_SYNACK, Embryo, Flow, FlowKey, NAT_PORT_TRIES, SEEN_ACK, SEEN_SYN,
-    },
+    flow::{EMBRYO_SYN, EMBRYO_SYNACK, Embryo, Flow, FlowKey, NAT_PORT_TRIES, SEEN_ACK, SEEN_SYN},
     service::DataplaneConfig,
     stats::{EmbryoStats, Reason},
     wire::TCP_SYN,
@@ -130,7 +128,10 @@ impl EmbryoRef {
 
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<EmbryoRef> {
-    EMBRYOS.get_ptr_mut(key).and_then(NonNull::new).map(EmbryoRef)
+    EMBRYOS
+        .get_ptr_mut(key)
+        .and_then(NonNull::new)
+        .map(EmbryoRef)
 }
 
 /// The other half of the embryo at `key` (`half`), if it is still this
