@@ -150,6 +150,11 @@ reasons! {
     /// when a backend's run out): the connection cannot be completed, and
     /// the client's next segment is reset by the backend.
     DropEmbryoLost = 26 => "drop_embryo_lost",
+    /// A backend answered a new connection's SYN as if its NAT port still
+    /// carried an older half-open connection (a flood's, whose port was
+    /// reclaimed): sent back to it as an RST, which ends the stale one;
+    /// the client's retransmitted SYN then gets through.
+    TxResetBackend = 27 => "tx_reset_backend",
 }
 
 /// Number of slots in the reason array. Leaves room for reasons added

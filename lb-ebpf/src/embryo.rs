@@ -238,6 +238,9 @@ pub enum Step {
     Promoted,
     /// Drop or pass it instead.
     Stop(Verdict),
+    /// The backend answered for an older connection on this NAT port:
+    /// reset that one (rewrite::reset_to_sender).
+    ResetBackend,
 }
 
 /// The client's ACK (no SYN, no RST) on the forward half `half` at `key`:
@@ -260,24 +263,41 @@ pub fn client_ack(key: &FlowKey, half: EmbryoRef, ack: u32, now: &Now) -> Step {
 }
 
 /// The backend's SYN-ACK on the reply half `entry` (read as `emb`): kept
-/// if it answers this connection's SYN, dropped if it is a retransmission
-/// for an older connection that had this NAT port.
+/// if it answers this connection's SYN; if it acknowledges another, it is
+/// the backend's retransmission for an older connection that had this NAT
+/// port, which the backend is told to drop.
 #[inline(always)]
 pub fn backend_synack(entry: EmbryoRef, emb: &Embryo, seq: u32, ack: u32) -> Step {
     if emb.state & EMBRYO_SYN == 0 {
         return Step::Forward;
     }
     if ack != emb.syn_next {
-        return Step::Stop(Verdict::drop(Reason::DropEmbryoLost));
+        return Step::ResetBackend;
     }
     entry.record_synack(seq.wrapping_add(1), emb.state);
+    Step::Forward
+}
+
+/// Anything else but an RST from the backend, on the reply half `entry`
+/// (read as `emb`) at `key`. Picked up mid-stream: the backend knows the
+/// connection, so it is real (promoted). Opened by a SYN the backend has
+/// not answered with a SYN-ACK yet: the backend speaks of an older
+/// connection on this NAT port (a challenge ACK), which it is told to drop.
+#[inline(always)]
+pub fn backend_other(key: &FlowKey, entry: EmbryoRef, emb: &Embryo, now: &Now) -> Step {
+    if emb.state & EMBRYO_SYN == 0 {
+        return backend_answer(key, entry, now);
+    }
+    if emb.state & EMBRYO_SYNACK == 0 {
+        return Step::ResetBackend;
+    }
     Step::Forward
 }
 
 /// The backend's answer (not an RST) on the reply half `half` at `key` of
 /// a connection picked up mid-stream: the backend knows it, so it is real.
 #[inline(always)]
-pub fn backend_answer(key: &FlowKey, half: EmbryoRef, now: &Now) -> Step {
+fn backend_answer(key: &FlowKey, half: EmbryoRef, now: &Now) -> Step {
     match partner(key, half) {
         Some((fwd_key, fwd)) => promote(&fwd_key, fwd, key, half, SEEN_ACK, now),
         None => Step::Forward,

@@ -245,11 +245,15 @@ fn half_open(
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
         embryo::backend_synack(entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
     } else {
-        embryo::backend_answer(&key, entry, now)
+        embryo::backend_other(&key, entry, &emb, now)
     };
     match step {
         Step::Forward => {}
         Step::Stop(verdict) => return Some(verdict),
+        Step::ResetBackend => {
+            rewrite::reset_to_sender(pkt);
+            return Some(Verdict::new(xdp_action::XDP_TX, Reason::TxResetBackend));
+        }
         Step::Promoted => return None,
     }
     let flow = emb.flow;

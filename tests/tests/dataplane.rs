@@ -1515,7 +1515,9 @@ fn nat_port_exhaustion_drops_new_flows() {
 
 /// Row 12b: a NAT port held only by a half-open connection (a SYN flood's)
 /// goes to a new connection when the backend has no other: the old one can
-/// no longer complete, the new one can.
+/// no longer complete, the new one can. What the backend still says about
+/// the old one (its SYN-ACK retransmission, or the challenge ACK the new
+/// SYN draws) goes back to it as an RST, so the new one can open.
 #[test]
 fn half_open_connections_give_their_nat_port_to_a_new_one() {
     in_own_netns(
@@ -1530,20 +1532,37 @@ fn half_open_connections_give_their_nat_port_to_a_new_one() {
             let client_b = addr(CLIENT_B, 40000);
             let vip = addr(VIP, API_PORT);
             let b_to_vip = || wire(CLIENT_B_MAC, client_b, LB_MAC, vip);
+            let from_backend = || wire(backend_mac, backend, LB_MAC, snat);
+            let to_backend = || wire(LB_MAC, snat, backend_mac, backend);
+            // Client B's own sequence space.
+            const ISN_B: u32 = CLIENT_ISN + 1000;
+            let syn_b = |w: Wire| syn(w).seq(ISN_B).build();
+            let syn_ack_b = |w: Wire| syn_ack(w).ack(ISN_B + 1).build();
+            let ack_b = |w: Wire| request(w).seq(ISN_B + 1).build();
+            // What the backend says of client A's connection, and the RST.
+            let challenge = |w: Wire| {
+                w.tcp()
+                    .flags(TCP_ACK)
+                    .ip_id(7)
+                    .seq(SERVER_ISN + 1)
+                    .ack(CLIENT_ISN + 1)
+                    .build()
+            };
+            let rst = |w: Wire, ip_id: u16| w.tcp().flags(TCP_RST).ip_id(ip_id).seq(CLIENT_ISN + 1);
             dp.check_all(&[
                 Case::new(
                     "12b client A's SYN (never completed) takes the only NAT port",
                     syn(client_to_vip(40000)).build(),
                     Action::Tx,
                     Reason::TxForward,
-                    Out::Frame(syn(wire(LB_MAC, snat, backend_mac, backend)).build()),
+                    Out::Frame(syn(to_backend()).build()),
                 ),
                 Case::new(
                     "12b client B's SYN reclaims it",
-                    syn(b_to_vip()).build(),
+                    syn_b(b_to_vip()),
                     Action::Tx,
                     Reason::TxForward,
-                    Out::Frame(syn(wire(LB_MAC, snat, backend_mac, backend)).build()),
+                    Out::Frame(syn_b(to_backend())),
                 ),
                 Case::drop(
                     "12b client A's late ACK: its port is gone",
@@ -1551,18 +1570,37 @@ fn half_open_connections_give_their_nat_port_to_a_new_one() {
                     Reason::DropEmbryoLost,
                 ),
                 Case::new(
-                    "12b the backend's SYN-ACK goes to client B",
-                    syn_ack(wire(backend_mac, backend, LB_MAC, snat)).build(),
+                    "12b the backend's challenge ACK for A's connection: an RST back to it",
+                    challenge(from_backend()),
+                    Action::Tx,
+                    Reason::TxResetBackend,
+                    Out::Frame(rst(to_backend(), 7).build()),
+                ),
+                Case::new(
+                    "12b the backend's SYN-ACK retransmission for A: an RST back to it",
+                    syn_ack(from_backend()).build(),
+                    Action::Tx,
+                    Reason::TxResetBackend,
+                    Out::Frame(
+                        rst(to_backend(), 0)
+                            .tcp_data_offset(6)
+                            .payload(&MSS_1460)
+                            .build(),
+                    ),
+                ),
+                Case::new(
+                    "12b the backend's SYN-ACK for B goes to client B",
+                    syn_ack_b(from_backend()),
                     Action::Tx,
                     Reason::TxReply,
-                    Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_B_MAC, client_b)).build()),
+                    Out::Frame(syn_ack_b(wire(LB_MAC, vip, CLIENT_B_MAC, client_b))),
                 ),
                 Case::new(
                     "12b client B's ACK completes its connection",
-                    request(b_to_vip()).build(),
+                    ack_b(b_to_vip()),
                     Action::Tx,
                     Reason::TxForward,
-                    Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
+                    Out::Frame(ack_b(to_backend())),
                 ),
             ]);
             let conn = Connection {
