@@ -34,12 +34,12 @@ use lab::{
     testrun::{self, Mac, PinDir},
 };
 use lb_common::{
-    flow::{DIR_FORWARD, DIR_REPLY, Flow, FlowKey, SEEN_ACK, SEEN_SYN, flow_hash},
+    flow::{DIR_FORWARD, DIR_REPLY, Embryo, Flow, FlowKey, SEEN_ACK, SEEN_SYN, flow_hash},
     maglev::table_size_for,
     maps,
     service::{DEFAULT_TABLE_SIZE, MAX_SERVICES, PROTO_TCP, ServiceKey},
     stats::{Counter, Reason, ReasonTotals, Traffic},
-    wire::{TCP_ACK, TCP_PSH},
+    wire::{TCP_ACK, TCP_PSH, TCP_SYN},
 };
 use lb_userspace::{
     loader::load_object,
@@ -132,6 +132,19 @@ fn syn(src_mac: Mac, src: SocketAddrV4, dst_mac: Mac, dst: SocketAddrV4) -> Vec<
     padded(
         FrameBuilder::tcp(src_mac, dst_mac, src, dst)
             .seq(0x6b8b_4567)
+            .tcp_data_offset(6)
+            .payload(&MSS_1460)
+            .build(),
+    )
+}
+
+/// The backend's SYN-ACK of [`syn`], padded on the wire to 64 bytes.
+fn syn_ack(src_mac: Mac, src: SocketAddrV4, dst_mac: Mac, dst: SocketAddrV4) -> Vec<u8> {
+    padded(
+        FrameBuilder::tcp(src_mac, dst_mac, src, dst)
+            .flags(TCP_SYN | TCP_ACK)
+            .seq(0x327b_23c6)
+            .ack(0x6b8b_4568)
             .tcp_data_offset(6)
             .payload(&MSS_1460)
             .build(),
@@ -314,6 +327,16 @@ impl Bench {
     fn flow_entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
         let flows: BpfHashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?.try_into()?;
         Ok(flows.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Empties EMBRYOS; returns how many entries it held.
+    fn clear_embryos(&mut self) -> Result<usize> {
+        let mut m: BpfHashMap<_, FlowKey, Embryo> = self.map_mut(maps::EMBRYOS)?.try_into()?;
+        let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
+        for k in &keys {
+            m.remove(k).context("emptying EMBRYOS")?;
+        }
+        Ok(keys.len())
     }
 
     /// Empties FLOWS but for `keep`, as it was.
@@ -539,9 +562,10 @@ struct Variant {
     check: Check,
     /// Index of the wrapper variant measured in the same round to subtract.
     minus: Option<usize>,
-    /// Creates a flow per repeat: at most NEW_FLOW_REPEAT repeats, and
-    /// FLOWS is emptied (but for the hot connection) after each run.
-    new_flows: bool,
+    /// Makes an entry pair per repeat in this map (FLOWS, or EMBRYOS for a
+    /// SYN's half-open connection): at most NEW_FLOW_REPEAT repeats, and
+    /// the map is emptied (FLOWS but for the hot connection) after each run.
+    creates: Option<&'static str>,
 }
 
 /// How a timed run is checked.
@@ -566,13 +590,20 @@ impl Variant {
             frame: frame.to_vec(),
             check: Check::Counters(expect),
             minus,
-            new_flows: false,
+            creates: None,
         }
     }
 
     fn creating_flows(self) -> Variant {
         Variant {
-            new_flows: true,
+            creates: Some(maps::FLOWS),
+            ..self
+        }
+    }
+
+    fn creating_embryos(self) -> Variant {
+        Variant {
+            creates: Some(maps::EMBRYOS),
             ..self
         }
     }
@@ -593,6 +624,15 @@ fn per_packet(opts: Options) -> Result<Section> {
     let (backend, nat_port) = b.check_new_flow("the hot connection's SYN", client, &first)?;
     let backend_mac = backend_mac(*backend.ip());
     let snat = addr(SNAT, nat_port);
+    // The backend's SYN-ACK, then the client's first segment acknowledges
+    // it: the connection is established (FLOWS) from there on.
+    b.check_once(
+        "the backend's SYN-ACK",
+        &syn_ack(backend_mac, backend, LB_MAC, snat),
+        XDP_TX,
+        Reason::TxReply,
+        &syn_ack(LB_MAC, vip, CLIENT_MAC, client),
+    )?;
     let forward = data(CLIENT_MAC, client, LB_MAC, vip);
     b.check_once(
         "established forward",
@@ -644,14 +684,17 @@ fn per_packet(opts: Options) -> Result<Section> {
         spray_client(probe),
         &with_spray_tuple(&spray_syn, probe),
     )?;
+    b.clear_embryos()?;
 
     // Everything but the hot connection goes after each new-flow run.
     let keep = b.flow_entries()?;
     b.set_spray(NEW_FLOW_SEQ, 0)?;
+    // A SYN makes a half-open connection: counted as a new flow when its
+    // handshake completes, not here.
     let new_flow = Expect {
         ret: XDP_TX,
         reason: Some(Reason::TxForward),
-        new_flows_per_repeat: Some(1),
+        new_flows_per_repeat: Some(0),
     };
 
     let floor = |ret| Expect {
@@ -719,13 +762,13 @@ fn per_packet(opts: Options) -> Result<Section> {
             Some(2),
         ),
         v(
-            "xdplb new TCP flow (SYN: Maglev + 2 inserts)",
+            "xdplb new TCP connection (SYN: Maglev + half-open, 2 LRU inserts)",
             "bench_lb_spray",
             &spray_syn,
             new_flow,
             Some(3),
         )
-        .creating_flows(),
+        .creating_embryos(),
         Variant {
             check: Check::HashFloor,
             ..v(
@@ -841,7 +884,7 @@ fn rounds(
     for _ in 0..runs {
         let mut raw = Vec::with_capacity(variants.len());
         for v in variants {
-            let n = if v.new_flows {
+            let n = if v.creates.is_some() {
                 repeat.min(NEW_FLOW_REPEAT)
             } else {
                 repeat
@@ -850,7 +893,7 @@ fn rounds(
                 Check::HashFloor => b.timed_floor(v.prog, &v.frame, n)?,
                 Check::Counters(expect) => b.timed(v.prog, &v.frame, n, expect)?,
             });
-            if v.new_flows {
+            if v.creates == Some(maps::FLOWS) {
                 let entries = b.flow_entries()?.len();
                 ensure!(
                     entries == keep.len() + 2 * n as usize,
@@ -858,6 +901,17 @@ fn rounds(
                     v.prog
                 );
                 b.reset_flows(keep)?;
+            } else if v.creates == Some(maps::EMBRYOS) {
+                // An LRU: past its size the oldest go, as under a flood
+                // (and their eviction is part of what is measured).
+                let entries = b.clear_embryos()?;
+                let made = 2 * n as usize;
+                let least = made.min(maps::DEFAULT_MAX_EMBRYOS as usize / 2);
+                ensure!(
+                    (least..=made).contains(&entries),
+                    "{}: EMBRYOS held {entries} entries after {n} SYNs",
+                    v.prog
+                );
             }
         }
         for (i, v) in variants.iter().enumerate() {
