@@ -74,7 +74,10 @@ impl fmt::Display for Sent {
         let secs = self.elapsed.as_secs_f64();
         match (self.packets, self.rate()) {
             (Some(n), Some(r)) => write!(f, "{n} packets in {secs:.1} s ({r:.0}/s)"),
-            _ => write!(f, "an unknown number of packets (no statistics) in {secs:.1} s"),
+            _ => write!(
+                f,
+                "an unknown number of packets (no statistics) in {secs:.1} s"
+            ),
         }
     }
 }
