@@ -96,7 +96,8 @@ impl Hping {
     }
 
     /// `hping3 <args>` in `host`'s namespace, its output in `log`. Fails if
-    /// it exits within its first 200 ms (no such program, bad arguments).
+    /// it exits within its first 200 ms (bad arguments, no interface),
+    /// unless it was a counted run (`-c`) that is done.
     pub fn start(host: &Host, args: &[&str], log: &Path) -> Result<Hping> {
         let mut cmd = host.ns.command("hping3");
         cmd.args(args);
@@ -105,8 +106,10 @@ impl Hping {
         let started = Instant::now();
         thread::sleep(Duration::from_millis(200));
         if let Some(status) = proc.child.try_wait()? {
-            // A counted run may be done this quickly; a flood never is.
-            if !status.success() && !args.contains(&"-c") {
+            // A short counted run may be done already, and hping3 exits 1
+            // when nothing answered: only its statistics say it ran.
+            let done = args.contains(&"-c") && transmitted(&proc.output()).is_some();
+            if !done {
                 bail!(
                     "hping3 {args:?} in {} exited at once ({status}):\n{}",
                     host.name,

@@ -38,10 +38,10 @@ const FLOOD: Duration = Duration::from_secs(15);
 /// Keep-alive streams held through the VIP across a flood.
 const STREAMS: usize = 10;
 /// A legit connection (connect, TLS, `GET /version`) under attack
-/// succeeds if answered within this: a SYN lost to the flood, or answered
-/// by a backend that still holds a spoofed client's half-open connection
-/// on the same NAT port, and retransmitted 1 s later (RFC 6298's initial
-/// RTO) still counts.
+/// succeeds if answered within this, so a SYN sent again 1 s later (RFC
+/// 6298's initial RTO) still counts: one the flood crowded out, or one a
+/// backend answered for a spoofed client's half-open connection on the
+/// same NAT port (see the last test).
 const ATTEMPT: Duration = Duration::from_secs(3);
 /// After a flood, a connection is normal if answered within this: it
 /// needed no retransmitted SYN. A connection in the idle lab takes ms.
