@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod bed;
 pub mod bins;
 pub mod client;
+pub mod hping;
 pub mod keepalived;
 pub mod live_frames;
 pub mod netns;

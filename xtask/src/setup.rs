@@ -38,6 +38,9 @@ const APT_PACKAGES: &[&str] = &[
     "keepalived",
     // ARP requests for the VRRP tests (who answers for the VIP).
     "arping",
+    // The spoofed SYN and ACK floods of the flood tests: what users run
+    // against a load balancer (`hping3 --flood --rand-source -S`).
+    "hping3",
     // systemd-analyze, to verify the packaged unit.
     "systemd",
     // Headless, for the admin tests: loads the status page, takes screenshots.
