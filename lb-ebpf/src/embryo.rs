@@ -241,6 +241,9 @@ pub enum Step {
     /// The backend answered for an older connection on this NAT port:
     /// reset that one (rewrite::reset_to_sender).
     ResetBackend,
+    /// The half-open connection is gone (its NAT port was reclaimed); the
+    /// packet, a SYN, opens a new one.
+    Reopen,
 }
 
 /// The client's ACK (no SYN, no RST) on the forward half `half` at `key`:
@@ -260,6 +263,19 @@ pub fn client_ack(key: &FlowKey, half: EmbryoRef, ack: u32, now: &Now) -> Step {
         return Step::Forward;
     }
     promote(key, half, &reply_key, reply, SEEN_SYN | SEEN_ACK, now)
+}
+
+/// The client's SYN again (a retransmission) on the forward half `half` at
+/// `key`: forwarded, unless its NAT port went to a newer connection while
+/// the client waited; then the SYN opens the connection anew, on another
+/// port.
+#[inline(always)]
+pub fn client_syn(key: &FlowKey, half: EmbryoRef) -> Step {
+    if partner(key, half).is_some() {
+        return Step::Forward;
+    }
+    let _ = EMBRYOS.remove(key);
+    Step::Reopen
 }
 
 /// The backend's SYN-ACK on the reply half `entry` (read as `emb`): kept

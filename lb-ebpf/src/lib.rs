@@ -114,8 +114,10 @@ pub fn process(ctx: &XdpContext) -> Verdict {
         && let Some(entry) = embryo::lookup(&conntrack::key_of(&pkt))
     {
         match half_open(ctx, &mut pkt, entry, &now) {
-            Some(verdict) => return verdict,
-            None => flow = conntrack::lookup(&pkt),
+            HalfOpen::Done(verdict) => return verdict,
+            HalfOpen::Promoted => flow = conntrack::lookup(&pkt),
+            // Gone: the SYN goes on as a new connection's.
+            HalfOpen::Reopen => {}
         }
     }
     if let Some(entry) = flow {
@@ -209,27 +211,28 @@ pub struct Now {
     pub active: bool,
 }
 
+/// What [`half_open`] did with a packet.
+enum HalfOpen {
+    Done(Verdict),
+    /// It completed the handshake: handle it as established.
+    Promoted,
+    /// A SYN whose half-open connection lost its NAT port: a new one.
+    Reopen,
+}
+
 /// A packet of a half-open TCP connection (embryo.rs): the handshake's
 /// steps are recorded, the connection promoted to FLOWS once it proves
 /// real, and meanwhile packets are rewritten from the embryo (no state
 /// written per packet, the next hop looked up when not cached).
 #[inline(always)]
-///
-/// Returns the verdict, or None when the packet completed the handshake:
-/// it is then handled as established.
-fn half_open(
-    ctx: &XdpContext,
-    pkt: &mut Ipv4Packet,
-    entry: EmbryoRef,
-    now: &Now,
-) -> Option<Verdict> {
+fn half_open(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: EmbryoRef, now: &Now) -> HalfOpen {
     let emb = entry.read();
     let to_backend = emb.flow.dir == DIR_FORWARD;
     if to_backend && !now.active {
-        return Some(Verdict::pass(Reason::PassNotActive));
+        return HalfOpen::Done(Verdict::pass(Reason::PassNotActive));
     }
     if let Err(reason) = pkt.validate() {
-        return Some(Verdict::drop(reason));
+        return HalfOpen::Done(Verdict::drop(reason));
     }
     let key = conntrack::key_of(pkt);
     let flags = pkt.tcp_flags();
@@ -239,6 +242,8 @@ fn half_open(
     } else if to_backend {
         if flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
             embryo::client_ack(&key, entry, pkt.tcp_ack(), now)
+        } else if flags & TCP_SYN != 0 {
+            embryo::client_syn(&key, entry)
         } else {
             Step::Forward
         }
@@ -249,12 +254,13 @@ fn half_open(
     };
     match step {
         Step::Forward => {}
-        Step::Stop(verdict) => return Some(verdict),
+        Step::Stop(verdict) => return HalfOpen::Done(verdict),
         Step::ResetBackend => {
             rewrite::reset_to_sender(pkt);
-            return Some(Verdict::new(xdp_action::XDP_TX, Reason::TxResetBackend));
+            return HalfOpen::Done(Verdict::new(xdp_action::XDP_TX, Reason::TxResetBackend));
         }
-        Step::Promoted => return None,
+        Step::Promoted => return HalfOpen::Promoted,
+        Step::Reopen => return HalfOpen::Reopen,
     }
     let flow = emb.flow;
     maps::count_backend(flow.backend, pkt.len);
@@ -264,9 +270,9 @@ fn half_open(
     rewrite::nat(pkt, &flow);
     let hop = match forward::next_hop(ctx, pkt, &flow, now.t, now.second) {
         Ok(Hop::Cached(hop) | Hop::Fresh(hop)) => hop,
-        Err(reason) => return Some(Verdict::pass(reason)),
+        Err(reason) => return HalfOpen::Done(Verdict::pass(reason)),
     };
-    Some(forward::send(ctx, pkt, hop, to_backend))
+    HalfOpen::Done(forward::send(ctx, pkt, hop, to_backend))
 }
 
 /// The first packet of a connection: pick a backend, make the half-open
