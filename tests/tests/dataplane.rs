@@ -1017,54 +1017,57 @@ fn a_handshake_only_its_own_ack_completes() {
 /// than going out on a port whose replies now reach another client.
 #[test]
 fn a_retransmitted_syn_whose_port_was_reclaimed_opens_anew() {
-    in_own_netns("a_retransmitted_syn_whose_port_was_reclaimed_opens_anew", || {
-        let mut dp = Dataplane::start();
-        dp.change(|d| d.nat_ports = (20000, 20000));
-        dp.set_api_weights([1, 0, 0]);
-        let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
-        let backend_mac = BACKEND_HOSTS[0].1;
-        let snat = addr(SNAT, 20000);
-        let vip = addr(VIP, API_PORT);
-        let client_b = wire(CLIENT_B_MAC, addr(CLIENT_B, 40000), LB_MAC, vip);
-        let to_backend = || syn(wire(LB_MAC, snat, backend_mac, backend)).build();
-        let forwarded = |what| {
-            Case::new(
-                what,
-                syn(client_to_vip(40000)).build(),
-                Action::Tx,
-                Reason::TxForward,
-                Out::Frame(to_backend()),
-            )
-        };
-        dp.check_all(&[
-            forwarded("12c client A's SYN takes the only NAT port"),
-            Case::new(
-                "12c client B's SYN reclaims it",
-                syn(client_b).build(),
-                Action::Tx,
-                Reason::TxForward,
-                Out::Frame(to_backend()),
-            ),
-            forwarded("12c client A's SYN again: opened anew, the port reclaimed back"),
-        ]);
-        let a = addr(CLIENT, 40000);
-        let reply_key = flow_key(backend, snat, PROTO_TCP);
-        let embryos = dp.embryos();
-        let owner = embryos
-            .iter()
-            .find(|(k, _)| *k == reply_key)
-            .map(|(_, f)| SocketAddrV4::new(f.new_dst.into(), u16::from_be_bytes(f.new_dport)));
-        assert_eq!(
-            owner,
-            Some(a),
-            "the NAT port's replies must go to client A again: {embryos:?}"
-        );
-        assert_eq!(
-            embryos.len(),
-            3,
-            "A's two halves and B's orphaned forward half: {embryos:?}"
-        );
-    });
+    in_own_netns(
+        "a_retransmitted_syn_whose_port_was_reclaimed_opens_anew",
+        || {
+            let mut dp = Dataplane::start();
+            dp.change(|d| d.nat_ports = (20000, 20000));
+            dp.set_api_weights([1, 0, 0]);
+            let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
+            let backend_mac = BACKEND_HOSTS[0].1;
+            let snat = addr(SNAT, 20000);
+            let vip = addr(VIP, API_PORT);
+            let client_b = wire(CLIENT_B_MAC, addr(CLIENT_B, 40000), LB_MAC, vip);
+            let to_backend = || syn(wire(LB_MAC, snat, backend_mac, backend)).build();
+            let forwarded = |what| {
+                Case::new(
+                    what,
+                    syn(client_to_vip(40000)).build(),
+                    Action::Tx,
+                    Reason::TxForward,
+                    Out::Frame(to_backend()),
+                )
+            };
+            dp.check_all(&[
+                forwarded("12c client A's SYN takes the only NAT port"),
+                Case::new(
+                    "12c client B's SYN reclaims it",
+                    syn(client_b).build(),
+                    Action::Tx,
+                    Reason::TxForward,
+                    Out::Frame(to_backend()),
+                ),
+                forwarded("12c client A's SYN again: opened anew, the port reclaimed back"),
+            ]);
+            let a = addr(CLIENT, 40000);
+            let reply_key = flow_key(backend, snat, PROTO_TCP);
+            let embryos = dp.embryos();
+            let owner = embryos
+                .iter()
+                .find(|(k, _)| *k == reply_key)
+                .map(|(_, f)| SocketAddrV4::new(f.new_dst.into(), u16::from_be_bytes(f.new_dport)));
+            assert_eq!(
+                owner,
+                Some(a),
+                "the NAT port's replies must go to client A again: {embryos:?}"
+            );
+            assert_eq!(
+                embryos.len(),
+                3,
+                "A's two halves and B's orphaned forward half: {embryos:?}"
+            );
+        },
+    );
 }
 
 /// EMBRYOS holds exactly `expected`, compared as [`assert_flows`] does.
