@@ -144,10 +144,7 @@ pub async fn run(args: Args) -> Result<()> {
         },
     };
 
-    let snat_ip = match config.snat_ip {
-        Some(ip) => ip,
-        None => node::primary_ipv4(args.iface(), &vips)?,
-    };
+    let snat_ips = snat_pool(&config, args.iface())?;
     for line in node::prepare_forwarding(args.iface())? {
         info!("sysctl {line}");
     }
@@ -187,7 +184,7 @@ pub async fn run(args: Args) -> Result<()> {
     let agent = match Agent::start(
         &args,
         config,
-        snat_ip,
+        snat_ips,
         ticks_per_s,
         &mut dp,
         tx.clone(),
@@ -291,6 +288,38 @@ async fn leave(
     anyhow::anyhow!("xdplb stopped ({why})")
 }
 
+/// The SNAT pool `config` asks for: its addresses, or the primary address
+/// of `iface`. Warns of a configured address the node does not hold: the
+/// backends send their replies to it, and the kernel answers ARP only for
+/// the node's own addresses (xdplb adds VIPs, not SNAT addresses, as it
+/// never added `snat_ip`). An address of a VRRP instance is exempt: it
+/// comes and goes with mastership.
+fn snat_pool(config: &Config, iface: &str) -> Result<Vec<Ipv4Addr>> {
+    if config.snat_ips.is_empty() {
+        let vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+        return Ok(vec![node::primary_ipv4(iface, &vips)?]);
+    }
+    let local = node::local_ipv4s()?;
+    for ip in &config.snat_ips {
+        let floating = config.vrrp.iter().any(|v| v.vips.contains(ip));
+        if !local.contains(ip) && !floating {
+            warn!(
+                "SNAT address {ip} is not an address of this node: backends reply to it, and the \
+                 node answers ARP only for its own addresses; add it (ip addr add {ip}/32 dev {iface})"
+            );
+        }
+    }
+    Ok(config.snat_ips.clone())
+}
+
+/// Addresses for a log line: `10.0.0.1, 10.0.0.2`.
+fn list(ips: &[Ipv4Addr]) -> String {
+    ips.iter()
+        .map(Ipv4Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The loop's state: the inputs of the plan and the writers of its result.
 struct Agent {
     args: Args,
@@ -298,7 +327,8 @@ struct Agent {
     health: Health<Event>,
     drained: BTreeSet<SocketAddrV4>,
     role: Role,
-    snat_ip: Ipv4Addr,
+    /// The SNAT pool (configured, or the interface's primary address).
+    snat_ips: Vec<Ipv4Addr>,
     ticks_per_s: u32,
     /// The node's addresses as last read (kept when a read fails).
     local: BTreeSet<Ipv4Addr>,
@@ -330,7 +360,7 @@ impl Agent {
     async fn start(
         args: &Args,
         config: Config,
-        snat_ip: Ipv4Addr,
+        snat_ips: Vec<Ipv4Addr>,
         ticks_per_s: u32,
         dp: &mut Dataplane,
         tx: mpsc::UnboundedSender<Event>,
@@ -389,7 +419,7 @@ impl Agent {
             } else {
                 Role::Master
             },
-            snat_ip,
+            snat_ips,
             ticks_per_s,
             local: BTreeSet::new(),
             reconciler,
@@ -442,7 +472,11 @@ impl Agent {
             // The heartbeat and fencing window now apply.
             agent.converge().await?;
         }
-        info!(%snat_ip, nat_ports = ?agent.config.nat_ports, "full-NAT source");
+        info!(
+            snat_ips = %list(&agent.snat_ips),
+            nat_ports = ?agent.config.nat_ports,
+            "full-NAT source"
+        );
         agent.write_status();
         Ok(agent)
     }
@@ -457,7 +491,7 @@ impl Agent {
             drained: &self.drained,
             role: self.role,
             local: &self.local,
-            snat_ip: self.snat_ip,
+            snat_ips: &self.snat_ips,
             ticks_per_s: self.ticks_per_s,
             fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
             vrrp_vips: owned.as_ref(),
@@ -663,14 +697,14 @@ impl Agent {
                  needs a restart"
             ));
         }
+        let snat_ips =
+            snat_pool(&new, self.args.iface()).map_err(|e| format!("{REJECTED}: {e:#}"))?;
         if let Err(e) = self.health.sync(&new) {
             // Put the running checks back as they were.
             let _ = self.health.sync(&self.config);
             return Err(format!("{REJECTED}: {e:#}"));
         }
-        if let Some(ip) = new.snat_ip {
-            self.snat_ip = ip;
-        }
+        self.snat_ips = snat_ips;
         self.config = new;
         // "reloaded" is said once the new state is in the maps: scripts
         // (and the tests) take the line to mean it is in effect.

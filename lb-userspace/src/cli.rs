@@ -140,9 +140,11 @@ pub struct Args {
     pub on_down: Option<OnDown>,
 
     /// Source address of the packets sent to backends (overrides the file).
-    /// Default: the interface's primary IPv4 address.
+    /// Repeat it for a pool of addresses (at most 16): each adds a full
+    /// range of NAT ports per backend. Default: the interface's primary
+    /// IPv4 address.
     #[arg(long, value_name = "ADDR", value_parser = parse_snat_ip)]
-    pub snat_ip: Option<Ipv4Addr>,
+    pub snat_ip: Vec<Ipv4Addr>,
 
     /// Source ports used for NAT towards backends, `LO-HI`, at least 64 ports
     /// from 1024 up (overrides the file). [default: 20000-29999]
@@ -344,7 +346,7 @@ impl Args {
             rise: self.rise,
             fall: self.fall,
             on_down: self.on_down,
-            snat_ip: self.snat_ip,
+            snat_ips: self.snat_ip.clone(),
             nat_ports: self.nat_ports,
             max_flows: self.max_flows,
             // Each flag turns its setting one way only; without it the file

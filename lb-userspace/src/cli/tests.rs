@@ -127,7 +127,7 @@ fn single_service_with_defaults() {
                     on_down: OnDown::Keep,
                 },
             }],
-            snat_ip: None,
+            snat_ips: vec![],
             nat_ports: (20000, 29999),
             max_flows: DEFAULT_MAX_FLOWS,
             keep_dataplane: false,
@@ -182,7 +182,7 @@ fn single_service_every_flag() {
             (addr("10.0.0.3:5353"), 0)
         ]
     );
-    assert_eq!(c.snat_ip, Some(Ipv4Addr::new(10, 0, 0, 10)));
+    assert_eq!(c.snat_ips, [Ipv4Addr::new(10, 0, 0, 10)]);
     assert_eq!(c.nat_ports, (40000, 40063));
     assert_eq!(c.max_flows, 1024);
     assert!(c.keep_dataplane);
@@ -384,6 +384,17 @@ fn whole_command_line_checks() {
             "snat_ip 10.0.0.100 is the VIP of service \"10.0.0.100:6443/tcp\"",
         ),
         (
+            &[
+                "--backend",
+                "10.0.0.1:6443",
+                "--snat-ip",
+                "10.0.0.5",
+                "--snat-ip",
+                "10.0.0.5",
+            ],
+            "config error: command line: snat_ip 10.0.0.5 is given twice",
+        ),
+        (
             &["--backend", "10.0.0.100:6443"],
             "backend \"10.0.0.100:6443\" of service \"10.0.0.100:6443/tcp\" is on a VIP",
         ),
@@ -444,14 +455,14 @@ fn command_line_overrides_the_file() {
     assert_eq!(plain, Config::load_file(path).unwrap());
     assert_eq!(
         (
-            plain.snat_ip,
+            plain.snat_ips.clone(),
             plain.nat_ports,
             plain.max_flows,
             plain.keep_dataplane,
             plain.assign_vip
         ),
         (
-            Some(Ipv4Addr::new(10, 0, 0, 10)),
+            vec![Ipv4Addr::new(10, 0, 0, 10)],
             (30000, 30999),
             4096,
             false,
@@ -474,14 +485,14 @@ fn command_line_overrides_the_file() {
     .unwrap();
     assert_eq!(
         (
-            over.snat_ip,
+            over.snat_ips.clone(),
             over.nat_ports,
             over.max_flows,
             over.keep_dataplane,
             over.assign_vip
         ),
         (
-            Some(Ipv4Addr::new(10, 0, 0, 11)),
+            vec![Ipv4Addr::new(10, 0, 0, 11)],
             (40000, 49999),
             8192,
             true,
@@ -713,5 +724,57 @@ fn admin_flag() {
     assert_has(
         &e,
         "\"9640\" is not ADDR:PORT (e.g. 127.0.0.1:9640) nor `off`",
+    );
+}
+
+/// A pool of SNAT addresses: `snat_ips` in the file, or `--snat-ip` given
+/// more than once, which replaces the file's pool whole.
+#[test]
+fn snat_pool_from_the_file_or_repeated_flags() {
+    let ip = |last| Ipv4Addr::new(10, 0, 0, last);
+    let mut file = tempfile("toml");
+    write!(
+        file.1,
+        "snat_ips = [\"10.0.0.10\", \"10.0.0.11\", \"10.0.0.12\"]\n{}",
+        service("10.0.0.100", &["10.0.0.1:6443"])
+    )
+    .unwrap();
+    let path = file.0.to_str().unwrap();
+    let plain = from_flags(&["--config", path]).unwrap();
+    assert_eq!(
+        plain.snat_ips,
+        [ip(10), ip(11), ip(12)],
+        "in the file's order"
+    );
+    let over = from_flags(&[
+        "--config",
+        path,
+        "--snat-ip",
+        "10.0.0.21",
+        "--snat-ip",
+        "10.0.0.20",
+    ])
+    .unwrap();
+    assert_eq!(over.snat_ips, [ip(21), ip(20)]);
+    let _ = fs::remove_file(&file.0);
+
+    let single = from_flags(&[
+        "--vip",
+        "10.0.0.100",
+        "--backend",
+        "10.0.0.1:6443",
+        "--snat-ip",
+        "10.0.0.10",
+        "--snat-ip",
+        "10.0.0.11",
+    ])
+    .unwrap();
+    assert_eq!(single.snat_ips, [ip(10), ip(11)]);
+    let seventeen: Vec<String> = (1..=17).map(|i| format!("--snat-ip=10.0.1.{i}")).collect();
+    let mut argv = vec!["--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"];
+    argv.extend(seventeen.iter().map(String::as_str));
+    assert_has(
+        &format!("{:#}", from_flags(&argv).unwrap_err()),
+        "config error: command line: snat_ip: 17 addresses; at most 16 are supported",
     );
 }

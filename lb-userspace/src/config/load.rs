@@ -41,7 +41,9 @@ pub struct Overrides {
     pub on_down: Option<OnDown>,
 
     // Settings that win over the file; `None`: the file's, or the default.
-    pub snat_ip: Option<Ipv4Addr>,
+    /// `--snat-ip`, each time it is given: the SNAT pool, replacing the
+    /// file's; empty: the file's.
+    pub snat_ips: Vec<Ipv4Addr>,
     pub nat_ports: Option<(u16, u16)>,
     pub max_flows: Option<u32>,
     pub keep_dataplane: Option<bool>,
@@ -65,7 +67,7 @@ impl Default for Overrides {
             rise: None,
             fall: None,
             on_down: None,
-            snat_ip: None,
+            snat_ips: Vec::new(),
             nat_ports: None,
             max_flows: None,
             keep_dataplane: None,

@@ -45,9 +45,10 @@ pub const DEFAULT_EXPECT: u16 = 200;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
-    /// Source of NATed packets; `None`: the interface's primary IPv4,
-    /// resolved by the agent.
-    pub snat_ip: Option<Ipv4Addr>,
+    /// Sources of NATed packets (`snat_ip`, or the pool `snat_ips`), at
+    /// most [`MAX_SNAT_IPS`](lb_common::service::MAX_SNAT_IPS), no two
+    /// alike; empty: the interface's primary IPv4, resolved by the agent.
+    pub snat_ips: Vec<Ipv4Addr>,
     /// NAT source ports, inclusive.
     pub nat_ports: (u16, u16),
     pub max_flows: u32,

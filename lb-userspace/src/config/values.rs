@@ -122,6 +122,11 @@ pub fn parse_snat_ip(s: &str) -> Result<Ipv4Addr, String> {
     parse_unicast("snat_ip", s)
 }
 
+/// One address of `snat_ips` in the file.
+pub(super) fn parse_snat_ips_entry(s: &str) -> Result<Ipv4Addr, String> {
+    parse_unicast("snat_ips", s)
+}
+
 /// A backend's `IP:PORT`; `label` is what the user wrote, for messages.
 pub(super) fn parse_backend_addr(label: &str, s: &str) -> Result<SocketAddrV4, String> {
     let bad = |why: &str| format!("backend '{label}': {why}");

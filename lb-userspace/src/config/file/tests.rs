@@ -105,7 +105,7 @@ fn full_file() {
                     },
                 },
             ],
-            snat_ip: Some(Ipv4Addr::new(192, 168, 31, 71)),
+            snat_ips: vec![Ipv4Addr::new(192, 168, 31, 71)],
             nat_ports: (30000, 30999),
             max_flows: 65536,
             keep_dataplane: true,
@@ -271,6 +271,51 @@ fn file_errors_name_file_line_and_value() {
                 service("10.0.0.100", &["10.0.0.1:6443"])
             ),
             format!("{FILE}:1: snat_ip '10.0.0.1/24': write the address without a prefix length"),
+        ),
+        (
+            format!(
+                "snat_ip = \"10.0.0.5\"\nsnat_ips = [\"10.0.0.6\"]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:2: snat_ip and snat_ips are both given"),
+        ),
+        (
+            format!(
+                "snat_ips = []\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:1: snat_ips is empty"),
+        ),
+        (
+            format!(
+                "snat_ips = [\n  \"10.0.0.5\",\n  \"224.0.0.1\",\n]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:3: snat_ips '224.0.0.1' is a multicast address"),
+        ),
+        (
+            format!(
+                "snat_ips = [\n  \"10.0.0.5\",\n  \"10.0.0.6\",\n  \"10.0.0.5\",\n]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:4: snat_ips 10.0.0.5 is given twice"),
+        ),
+        (
+            format!(
+                "snat_ips = [\n  \"10.0.0.5\",\n  \"10.0.0.100\",\n]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:3: snat_ips 10.0.0.100 is the VIP of service \"10.0.0.100:6443/tcp\""),
+        ),
+        (
+            format!(
+                "snat_ips = [\n{}]\n{}",
+                (1..=17)
+                    .map(|i| format!("  \"10.0.1.{i}\",\n"))
+                    .collect::<String>(),
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:18: snat_ips: 17 addresses; at most 16 are supported"),
         ),
         (
             format!(
