@@ -29,13 +29,13 @@ use tracing::{Level, error, info, warn};
 use crate::{
     admin::{self, Status, status::Journal},
     cli::{Admin, Args, DEFAULT_ADMIN},
-    config::{Config, OnDown},
+    config::{Config, NatPorts, OnDown},
     flowlog::FlowLog,
     flows, health,
     health::Health,
     loader::{Dataplane, LoadOptions},
     maps::{ControlMaps, ControlPlane, take},
-    node,
+    node::{self, NatPortChoice},
     plan::{self, Desired, Inputs, Role, service_key},
     preflight,
     reconcile::Reconciler,
@@ -144,13 +144,13 @@ pub async fn run(args: Args) -> Result<()> {
         },
     };
 
-    let snat_ips = snat_pool(&config, args.iface())?;
     for line in node::prepare_forwarding(args.iface())? {
         info!("sysctl {line}");
     }
-    if let Some(line) = node::reserve_ports(config.nat_ports.0, config.nat_ports.1)? {
-        info!("{line}");
-    }
+    let nat = NatSource {
+        snat_ips: snat_pool(&config, args.iface())?,
+        ports: nat_ports(config.nat_ports)?,
+    };
 
     let peer = match xdp_mode::veth_peer(args.iface()).await {
         Ok(peer) => peer,
@@ -184,7 +184,7 @@ pub async fn run(args: Args) -> Result<()> {
     let agent = match Agent::start(
         &args,
         config,
-        snat_ips,
+        nat,
         ticks_per_s,
         &mut dp,
         tx.clone(),
@@ -312,12 +312,55 @@ fn snat_pool(config: &Config, iface: &str) -> Result<Vec<Ipv4Addr>> {
     Ok(config.snat_ips.clone())
 }
 
-/// Addresses for a log line: `10.0.0.1, 10.0.0.2`.
-fn list(ips: &[Ipv4Addr]) -> String {
-    ips.iter()
-        .map(Ipv4Addr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The NAT ports for `configured` on this node, reserved where they
+/// overlap the kernel's ephemeral ports, each step logged.
+fn nat_ports(configured: NatPorts) -> Result<NatPortChoice> {
+    let (choice, reserved) = node::nat_ports(configured)?;
+    if let Some(w) = &choice.warning {
+        warn!("{w}");
+    }
+    if let Some(line) = reserved {
+        info!("{line}");
+    }
+    Ok(choice)
+}
+
+/// Where NATed connections come from: the SNAT pool and the ports of each
+/// address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NatSource {
+    /// The pool (configured, or the interface's primary address).
+    snat_ips: Vec<Ipv4Addr>,
+    ports: NatPortChoice,
+}
+
+impl NatSource {
+    /// Concurrent connections one backend can take: a NAT port is unique
+    /// per (SNAT address, backend), so each address brings every port.
+    fn capacity(&self) -> u32 {
+        self.ports.count() * self.snat_ips.len() as u32
+    }
+}
+
+/// The start-up line: `full-NAT source 10.0.0.2, 10.0.0.3, NAT ports
+/// 1024-32767 (auto: ...): 31744 ports × 2 addresses = 63488 connections
+/// per backend`.
+impl std::fmt::Display for NatSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.snat_ips.iter().map(Ipv4Addr::to_string).collect();
+        let (lo, hi) = self.ports.ports;
+        write!(
+            f,
+            "full-NAT source {}, NAT ports {lo}-{hi} ({}): {} ports × {} address{} = {} \
+             connections per backend",
+            list.join(", "),
+            self.ports.why,
+            self.ports.count(),
+            self.snat_ips.len(),
+            if self.snat_ips.len() == 1 { "" } else { "es" },
+            self.capacity()
+        )
+    }
 }
 
 /// The loop's state: the inputs of the plan and the writers of its result.
@@ -327,8 +370,7 @@ struct Agent {
     health: Health<Event>,
     drained: BTreeSet<SocketAddrV4>,
     role: Role,
-    /// The SNAT pool (configured, or the interface's primary address).
-    snat_ips: Vec<Ipv4Addr>,
+    nat: NatSource,
     ticks_per_s: u32,
     /// The node's addresses as last read (kept when a read fails).
     local: BTreeSet<Ipv4Addr>,
@@ -360,7 +402,7 @@ impl Agent {
     async fn start(
         args: &Args,
         config: Config,
-        snat_ips: Vec<Ipv4Addr>,
+        nat: NatSource,
         ticks_per_s: u32,
         dp: &mut Dataplane,
         tx: mpsc::UnboundedSender<Event>,
@@ -419,7 +461,7 @@ impl Agent {
             } else {
                 Role::Master
             },
-            snat_ips,
+            nat,
             ticks_per_s,
             local: BTreeSet::new(),
             reconciler,
@@ -472,11 +514,7 @@ impl Agent {
             // The heartbeat and fencing window now apply.
             agent.converge().await?;
         }
-        info!(
-            snat_ips = %list(&agent.snat_ips),
-            nat_ports = ?agent.config.nat_ports,
-            "full-NAT source"
-        );
+        info!("{}", agent.nat);
         agent.write_status();
         Ok(agent)
     }
@@ -491,7 +529,8 @@ impl Agent {
             drained: &self.drained,
             role: self.role,
             local: &self.local,
-            snat_ips: &self.snat_ips,
+            snat_ips: &self.nat.snat_ips,
+            nat_ports: self.nat.ports.ports,
             ticks_per_s: self.ticks_per_s,
             fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
             vrrp_vips: owned.as_ref(),
@@ -699,12 +738,22 @@ impl Agent {
         }
         let snat_ips =
             snat_pool(&new, self.args.iface()).map_err(|e| format!("{REJECTED}: {e:#}"))?;
+        // The running ports stay unless the setting changed: "auto" is not
+        // recomputed from a sysctl changed since, under established flows.
+        let ports = match new.nat_ports == self.config.nat_ports {
+            true => self.nat.ports.clone(),
+            false => nat_ports(new.nat_ports).map_err(|e| format!("{REJECTED}: {e:#}"))?,
+        };
         if let Err(e) = self.health.sync(&new) {
             // Put the running checks back as they were.
             let _ = self.health.sync(&self.config);
             return Err(format!("{REJECTED}: {e:#}"));
         }
-        self.snat_ips = snat_ips;
+        let nat = NatSource { snat_ips, ports };
+        if nat != self.nat {
+            info!("{nat}");
+        }
+        self.nat = nat;
         self.config = new;
         // "reloaded" is said once the new state is in the maps: scripts
         // (and the tests) take the line to mean it is in effect.

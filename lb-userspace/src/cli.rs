@@ -15,10 +15,10 @@ use std::{
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Overrides, Proto, VrrpFlags, parse_backend_flag,
-    parse_check_flag, parse_check_interval, parse_check_timeout, parse_duration, parse_fall,
-    parse_max_flows, parse_nat_ports, parse_priority, parse_rise, parse_snat_ip,
-    parse_unicast_peer, parse_vip, parse_vrid,
+    BackendSpec, CheckKind, DEFAULT_PORT, NatPorts, OnDown, Overrides, Proto, VrrpFlags,
+    parse_backend_flag, parse_check_flag, parse_check_interval, parse_check_timeout,
+    parse_duration, parse_fall, parse_max_flows, parse_nat_ports, parse_priority, parse_rise,
+    parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
 };
 use crate::{
     flowlog::{Dest, parse_dest},
@@ -146,10 +146,13 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", value_parser = parse_snat_ip)]
     pub snat_ip: Vec<Ipv4Addr>,
 
-    /// Source ports used for NAT towards backends, `LO-HI`, at least 64 ports
-    /// from 1024 up (overrides the file). [default: 20000-29999]
-    #[arg(long, value_name = "LO-HI", value_parser = parse_nat_ports)]
-    pub nat_ports: Option<(u16, u16)>,
+    /// Source ports used for NAT towards backends, per SNAT address and
+    /// backend: `LO-HI`, at least 64 ports from 1024 up, or `auto`: the
+    /// largest block from 1024 up outside the kernel's ephemeral range
+    /// (ip_local_port_range; 1024-32767 with the kernel's default)
+    /// (overrides the file). [default: auto]
+    #[arg(long, value_name = "LO-HI|auto", value_parser = parse_nat_ports)]
+    pub nat_ports: Option<NatPorts>,
 
     /// Size of the flow table, at least 1024; each NATed connection takes two
     /// entries; a full table refuses new connections (overrides the file).

@@ -47,6 +47,9 @@ pub struct Inputs<'a> {
     /// pool, or the interface's primary address): at least one, at most
     /// [`MAX_SNAT_IPS`](lb_common::service::MAX_SNAT_IPS).
     pub snat_ips: &'a [Ipv4Addr],
+    /// The NAT source ports, inclusive, resolved by the agent (configured,
+    /// or found outside the kernel's ephemeral range).
+    pub nat_ports: (u16, u16),
     /// The data plane clock's rate (lb_common::clock), measured at start.
     pub ticks_per_s: u32,
     /// With VRRP: how long the data plane may go without the agent's
@@ -121,6 +124,7 @@ pub fn plan(inputs: &Inputs) -> Desired {
         role,
         local,
         snat_ips,
+        nat_ports,
         ticks_per_s,
         fence_after,
         vrrp_vips,
@@ -162,7 +166,7 @@ pub fn plan(inputs: &Inputs) -> Desired {
     let master = role == Role::Master;
     Desired {
         snat_ips: snat_ips.to_vec(),
-        nat_ports: config.nat_ports,
+        nat_ports,
         active: master,
         ticks_per_s,
         // At least one tick, so that "0: never" keeps its meaning.

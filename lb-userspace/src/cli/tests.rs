@@ -9,7 +9,7 @@ use lb_common::{maps::DEFAULT_MAX_FLOWS, service::DEFAULT_TABLE_SIZE};
 
 use super::Args;
 use crate::config::{
-    BackendConfig, CheckConfig, CheckKind, Config, MIN_CHECK_INTERVAL, OnDown, Proto,
+    BackendConfig, CheckConfig, CheckKind, Config, MIN_CHECK_INTERVAL, NatPorts, OnDown, Proto,
     ServiceConfig, Timeouts, TlsCheck,
     test_support::{FILE, addr, apiserver_check, assert_has, service, tempfile},
 };
@@ -128,7 +128,7 @@ fn single_service_with_defaults() {
                 },
             }],
             snat_ips: vec![],
-            nat_ports: (20000, 29999),
+            nat_ports: NatPorts::Auto,
             max_flows: DEFAULT_MAX_FLOWS,
             keep_dataplane: false,
             assign_vip: true,
@@ -183,7 +183,7 @@ fn single_service_every_flag() {
         ]
     );
     assert_eq!(c.snat_ips, [Ipv4Addr::new(10, 0, 0, 10)]);
-    assert_eq!(c.nat_ports, (40000, 40063));
+    assert_eq!(c.nat_ports, NatPorts::Range(40000, 40063));
     assert_eq!(c.max_flows, 1024);
     assert!(c.keep_dataplane);
     assert!(!c.assign_vip);
@@ -463,7 +463,7 @@ fn command_line_overrides_the_file() {
         ),
         (
             vec![Ipv4Addr::new(10, 0, 0, 10)],
-            (30000, 30999),
+            NatPorts::Range(30000, 30999),
             4096,
             false,
             true
@@ -493,7 +493,7 @@ fn command_line_overrides_the_file() {
         ),
         (
             vec![Ipv4Addr::new(10, 0, 0, 11)],
-            (40000, 49999),
+            NatPorts::Range(40000, 49999),
             8192,
             true,
             false
@@ -777,4 +777,35 @@ fn snat_pool_from_the_file_or_repeated_flags() {
         &format!("{:#}", from_flags(&argv).unwrap_err()),
         "config error: command line: snat_ip: 17 addresses; at most 16 are supported",
     );
+}
+
+/// `auto` (the default) or a range, from the flag or the file.
+#[test]
+fn nat_ports_auto_or_a_range() {
+    let base = ["--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"];
+    let with = |extra: &[&str]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        from_flags(&all).unwrap().nat_ports
+    };
+    assert_eq!(with(&[]), NatPorts::Auto);
+    assert_eq!(with(&["--nat-ports", "auto"]), NatPorts::Auto);
+    assert_eq!(
+        with(&["--nat-ports", "1024-32767"]),
+        NatPorts::Range(1024, 32767)
+    );
+    let file = |v: &str| {
+        Config::from_toml_str(
+            &format!(
+                "nat_ports = \"{v}\"\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            FILE,
+        )
+        .unwrap()
+        .nat_ports
+    };
+    assert_eq!(file("auto"), NatPorts::Auto);
+    assert_eq!(file("61000-65535"), NatPorts::Range(61000, 65535));
+    assert_eq!(NatPorts::Range(61000, 65535).to_string(), "61000-65535");
 }

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::{
     check::{RawCheck, check_from_toml},
-    model::{CheckConfig, DEFAULT_NAT_PORTS, DEFAULT_PORT, Proto, Timeouts},
+    model::{CheckConfig, DEFAULT_PORT, NatPorts, Proto, Timeouts},
     resolve::{Draft, DraftBackend, DraftService, SnatIps},
     source::{Loc, Source, span},
     values::{
@@ -123,7 +123,7 @@ impl Draft {
         };
         let nat_ports = match raw.nat_ports {
             Some(s) => src.check(&span(&s), parse_nat_ports(s.get_ref()))?,
-            None => DEFAULT_NAT_PORTS,
+            None => NatPorts::Auto,
         };
         let max_flows = match raw.max_flows {
             Some(n) => src.check(&span(&n), check_max_flows(*n.get_ref()))?,

@@ -44,7 +44,7 @@ pub struct Overrides {
     /// `--snat-ip`, each time it is given: the SNAT pool, replacing the
     /// file's; empty: the file's.
     pub snat_ips: Vec<Ipv4Addr>,
-    pub nat_ports: Option<(u16, u16)>,
+    pub nat_ports: Option<super::NatPorts>,
     pub max_flows: Option<u32>,
     pub keep_dataplane: Option<bool>,
     pub assign_vip: Option<bool>,

@@ -17,9 +17,7 @@ use lb_common::{
 
 use super::{
     load::Overrides,
-    model::{
-        BackendConfig, CheckConfig, Config, DEFAULT_NAT_PORTS, Proto, ServiceConfig, Timeouts,
-    },
+    model::{BackendConfig, CheckConfig, Config, NatPorts, Proto, ServiceConfig, Timeouts},
     source::{Loc, Source},
     values::{check_timing, default_timeout},
     vrrp::{
@@ -31,7 +29,7 @@ use super::{
 pub(super) struct Draft {
     pub(super) services: Vec<DraftService>,
     pub(super) snat_ips: SnatIps,
-    pub(super) nat_ports: (u16, u16),
+    pub(super) nat_ports: NatPorts,
     pub(super) max_flows: u32,
     pub(super) keep_dataplane: bool,
     pub(super) assign_vip: bool,
@@ -117,7 +115,7 @@ impl Draft {
                 check: check_from_flags(flags)?,
             }],
             snat_ips: SnatIps::default(),
-            nat_ports: DEFAULT_NAT_PORTS,
+            nat_ports: NatPorts::Auto,
             max_flows: DEFAULT_MAX_FLOWS,
             keep_dataplane: false,
             assign_vip: true,

@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 
 use super::model::{
     CheckKind, DEFAULT_CHECK_PATH, DEFAULT_CHECK_TIMEOUT, DEFAULT_EXPECT, MAX_RISE_FALL,
-    MAX_WEIGHT, MIN_CHECK_INTERVAL, MIN_MAX_FLOWS, MIN_NAT_PORTS, TlsCheck,
+    MAX_WEIGHT, MIN_CHECK_INTERVAL, MIN_MAX_FLOWS, MIN_NAT_PORTS, NatPorts, TlsCheck,
 };
 
 /// One `--backend IP:PORT[@WEIGHT]`.
@@ -186,12 +186,16 @@ pub fn parse_backend_flag(s: &str) -> Result<BackendSpec, String> {
     })
 }
 
-/// `--nat-ports`, and `nat_ports` in the file: `LO-HI`, inclusive.
-pub fn parse_nat_ports(s: &str) -> Result<(u16, u16), String> {
+/// `--nat-ports`, and `nat_ports` in the file: `auto`, or `LO-HI`,
+/// inclusive.
+pub fn parse_nat_ports(s: &str) -> Result<NatPorts, String> {
     let bad = |why: String| format!("nat_ports '{s}': {why}");
+    if s.trim() == "auto" {
+        return Ok(NatPorts::Auto);
+    }
     let (lo, hi) = s
         .split_once('-')
-        .ok_or_else(|| bad("write LO-HI, e.g. 20000-29999".into()))?;
+        .ok_or_else(|| bad("write LO-HI, e.g. 20000-29999, or auto".into()))?;
     let port = |p: &str| {
         p.trim()
             .parse::<u16>()
@@ -212,7 +216,7 @@ pub fn parse_nat_ports(s: &str) -> Result<(u16, u16), String> {
             "only {count} ports; at least {MIN_NAT_PORTS} are needed"
         )));
     }
-    Ok((lo, hi))
+    Ok(NatPorts::Range(lo, hi))
 }
 
 pub(super) fn check_max_flows(n: i64) -> Result<u32, String> {

@@ -3,7 +3,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use crate::config::{
-    BackendConfig, CheckConfig, CheckKind, Config, OnDown, Proto, ServiceConfig, Timeouts,
+    BackendConfig, CheckConfig, CheckKind, Config, NatPorts, OnDown, Proto, ServiceConfig,
+    Timeouts,
     test_support::{FILE, addr, apiserver_check, assert_has, service, toml_err},
 };
 
@@ -106,7 +107,7 @@ fn full_file() {
                 },
             ],
             snat_ips: vec![Ipv4Addr::new(192, 168, 31, 71)],
-            nat_ports: (30000, 30999),
+            nat_ports: NatPorts::Range(30000, 30999),
             max_flows: 65536,
             keep_dataplane: true,
             assign_vip: false,
