@@ -66,7 +66,10 @@ pub const NAT_PORT_TRIES: u32 = 8;
 /// taking over picks the same pair for the same flow).
 #[inline(always)]
 pub fn nat_choice(hash: u32, try_: u32, span: u32, addrs: u32) -> (u32, u32) {
-    let off = nat_port_offset(hash, try_, span * addrs);
+    // Never a division by zero, so the data plane carries no panic path
+    // (the verifier refuses a BPF subprogram that ends in one).
+    let span = span.max(1);
+    let off = nat_port_offset(hash, try_, span.wrapping_mul(addrs).max(1));
     (off / span, off % span)
 }
 
@@ -417,12 +420,17 @@ pub struct Embryo {
     /// The rewrite and next hop, as the FLOWS entry will have them;
     /// `last_seen` is when the embryo was made (the oldest is reclaimed first).
     pub flow: Flow,
+    /// Reply half of one opened by a SYN: the client's ISN + 1, which the
+    /// backend's SYN-ACK must acknowledge (a SYN-ACK that doesn't is a
+    /// backend's retransmission for an older connection on the same NAT
+    /// port, and must not reach this client).
+    pub syn_next: u32,
     /// Reply half, EMBRYO_SYNACK set: the ACK number that promotes it (the
     /// backend's ISN + 1).
     pub ack_expect: u32,
     /// EMBRYO_* flags.
     pub state: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 /// Embryo opened by a client's SYN (else picked up mid-stream).
@@ -430,7 +438,7 @@ pub const EMBRYO_SYN: u8 = 1;
 /// Reply half: the backend's SYN-ACK passed; `ack_expect` is valid.
 pub const EMBRYO_SYNACK: u8 = 2;
 
-const _: () = assert!(core::mem::size_of::<Embryo>() == 64);
+const _: () = assert!(core::mem::size_of::<Embryo>() == 72);
 
 /// Where a packet to one address leaves, from the kernel's FIB: kept in
 /// the flow so established traffic needs no `bpf_fib_lookup` (the largest

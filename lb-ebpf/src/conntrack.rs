@@ -13,9 +13,9 @@ use aya_ebpf::{
 use lb_common::{
     flow::{
         DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, NAT_PORT_TRIES, NextHop, SEEN_ACK,
-        SEEN_FIN, SEEN_RST, SEEN_SYN, flow_hash, nat_port_offset,
+        SEEN_FIN, SEEN_RST, SEEN_SYN, flow_hash, nat_choice,
     },
-    service::{BACKEND_LOCAL, DataplaneConfig, Service},
+    service::{Backend, DataplaneConfig, Service},
     stats::Reason,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -27,7 +27,7 @@ use crate::{
 };
 
 #[inline(always)]
-fn key_of(pkt: &Ipv4Packet) -> FlowKey {
+pub fn key_of(pkt: &Ipv4Packet) -> FlowKey {
     FlowKey {
         src: pkt.ip.src,
         dst: pkt.ip.dst,
@@ -39,7 +39,7 @@ fn key_of(pkt: &Ipv4Packet) -> FlowKey {
 }
 
 #[inline(always)]
-fn seen_bits(tcp_flags: u8) -> u8 {
+pub fn seen_bits(tcp_flags: u8) -> u8 {
     let mut seen = 0;
     if tcp_flags & TCP_SYN != 0 {
         seen |= SEEN_SYN;
@@ -173,26 +173,28 @@ pub fn lookup(pkt: &Ipv4Packet) -> Option<FlowRef> {
 }
 
 #[inline(always)]
-fn entry(key: &FlowKey) -> Option<FlowRef> {
+pub fn entry(key: &FlowKey) -> Option<FlowRef> {
     FLOWS.get_ptr_mut(key).and_then(NonNull::new).map(FlowRef)
 }
 
-const EEXIST: i32 = 17;
-const E2BIG: i32 = 7;
+pub const EEXIST: i32 = 17;
+pub const E2BIG: i32 = 7;
 
-/// A new client → VIP connection: a Maglev-chosen backend, a free NAT port
-/// towards it, and both halves in FLOWS. Returns the forward half, with
-/// its next hop already resolved when the FIB knows it. The connection is
-/// counted and told to the flow log where its entry goes in, so each is
-/// told once (not when another CPU's SYN made it a moment ago).
+/// A new connection's backend, as Maglev picks it for the packet's tuple.
+pub struct Choice {
+    pub key: FlowKey,
+    pub hash: u32,
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// The service's id (SERVICE_STATS index).
+    pub service: u32,
+}
+
+/// The backend a new connection of `service` goes to: the Maglev slot of
+/// its tuple's hash (the same on every node, so a node taking over picks
+/// the same backend for the same tuple).
 #[inline(always)]
-pub fn create(
-    ctx: &XdpContext,
-    pkt: &Ipv4Packet,
-    service: &Service,
-    config: &DataplaneConfig,
-    t: u64,
-) -> Result<Flow, Verdict> {
+pub fn choose(pkt: &Ipv4Packet, service: &Service) -> Result<Choice, Verdict> {
     if service.table_size == 0 {
         return Err(Verdict::pass(Reason::PassNoBackend));
     }
@@ -204,68 +206,151 @@ pub fn create(
     let Some(backend) = maps::backend(backend_id) else {
         return Err(Verdict::pass(Reason::PassNoBackend));
     };
-    let seen = seen_bits(pkt.tcp_flags());
+    Ok(Choice {
+        key,
+        hash,
+        backend_id,
+        backend,
+        service: service.id,
+    })
+}
 
-    if backend.flags & BACKEND_LOCAL != 0 {
-        // Stacked master: the local apiserver on *:6443 answers for the VIP
-        // itself; remember the choice so the whole connection stays local.
-        let flow = Flow {
-            last_seen: t,
-            backend: backend_id,
-            service: service.id,
-            tcp_seen: seen,
-            dir: DIR_FORWARD,
-            flags: FLOW_LOCAL,
-            ..Flow::default()
-        };
-        if FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok() {
-            maps::count_new_flow(service.id, backend_id);
-            flowlog::opened(
-                &key,
-                &backend,
-                ([0; 4], [0; 2]),
-                FLOW_LOCAL,
-                t,
-                config.ticks_per_s,
-            );
-        }
-        return Err(Verdict::pass(Reason::PassLocalBackend));
+/// The `try_`th (SNAT address, NAT port) a connection with tuple hash
+/// `hash` tries towards its backend: one draw from the pool's addresses ×
+/// the port range (lb_common::flow::nat_choice).
+#[inline(always)]
+pub fn nat_candidate(config: &DataplaneConfig, hash: u32, try_: u32) -> ([u8; 4], [u8; 2]) {
+    let (port_min, port_max) = (config.nat_port_min, config.nat_port_max);
+    let span = (port_max as u32).saturating_sub(port_min as u32) + 1;
+    let (addr, offset) = nat_choice(hash, try_, span, maps::snat_addrs(config));
+    let port = (port_min as u32 + offset) as u16;
+    (maps::snat_addr(config, addr), port.to_be_bytes())
+}
+
+/// The half that rewrites the backend's replies back to the client.
+#[inline(always)]
+pub fn reply_half(key: &FlowKey, choice: &Choice, t: u64) -> Flow {
+    Flow {
+        last_seen: t,
+        new_src: key.dst,
+        new_dst: key.src,
+        new_sport: key.dport,
+        new_dport: key.sport,
+        backend: choice.backend_id,
+        service: choice.service,
+        dir: DIR_REPLY,
+        ..Flow::default()
     }
+}
 
-    // Resolved before the inserts so the forward half goes in complete and
-    // its second packet needs no FIB lookup either. A failure leaves the
-    // hop to `forward::send`, which hands the packet to the kernel.
-    let snat_ip = config.snat_ip;
+/// The half that rewrites the client's packets to `snat` → backend, with
+/// its next hop resolved when the FIB knows it (so the connection's next
+/// packet needs no lookup either; when it does not, `forward::send` hands
+/// the packet to the kernel, and the next packet asks again).
+#[inline(always)]
+pub fn forward_half(
+    ctx: &XdpContext,
+    pkt: &Ipv4Packet,
+    choice: &Choice,
+    (snat, nat_port): ([u8; 4], [u8; 2]),
+    t: u64,
+) -> Flow {
+    let backend = &choice.backend;
     let ingress = ctx.ingress_ifindex() as u32;
     let (hop, hop_at) = match forward::fib(
         ctx,
         ingress,
-        snat_ip,
+        snat,
         backend.ip,
-        key.proto,
+        choice.key.proto,
         pkt.ip.tos,
         pkt.ip.total_len(),
     ) {
         Ok(hop) => (hop, t),
         Err(_) => (NextHop::default(), 0),
     };
-    let reply = Flow {
+    Flow {
         last_seen: t,
-        new_src: key.dst,
-        new_dst: key.src,
-        new_sport: key.dport,
-        new_dport: key.sport,
-        backend: backend_id,
-        service: service.id,
-        dir: DIR_REPLY,
+        hop_at,
+        new_src: snat,
+        new_dst: backend.ip,
+        new_sport: nat_port,
+        new_dport: backend.port,
+        backend: choice.backend_id,
+        service: choice.service,
+        hop,
+        tcp_seen: seen_bits(pkt.tcp_flags()),
+        dir: DIR_FORWARD,
+        flags: 0,
+        _pad: 0,
+    }
+}
+
+/// Stacked master: the local apiserver on *:6443 answers for the VIP
+/// itself; the choice is remembered so the whole connection stays local.
+/// The kernel's own SYN cookies guard its listener, so even a SYN makes
+/// the flow at once. Always a pass.
+#[inline(always)]
+pub fn create_local(
+    pkt: &Ipv4Packet,
+    choice: &Choice,
+    config: &DataplaneConfig,
+    t: u64,
+) -> Verdict {
+    let flow = Flow {
+        last_seen: t,
+        backend: choice.backend_id,
+        service: choice.service,
+        tcp_seen: seen_bits(pkt.tcp_flags()),
+        dir: DIR_FORWARD,
+        flags: FLOW_LOCAL,
         ..Flow::default()
     };
-    let (port_min, port_max) = (config.nat_port_min, config.nat_port_max);
-    let span = (port_max as u32).saturating_sub(port_min as u32) + 1;
+    if FLOWS.insert(&choice.key, &flow, BPF_NOEXIST as u64).is_ok() {
+        opened(choice, ([0; 4], [0; 2]), FLOW_LOCAL, config, t);
+    }
+    Verdict::pass(Reason::PassLocalBackend)
+}
+
+/// Counts a connection that has just gone into FLOWS and tells the flow
+/// log, once per connection (where its entry goes in).
+#[inline(always)]
+pub fn opened(
+    choice: &Choice,
+    nat: ([u8; 4], [u8; 2]),
+    flags: u8,
+    config: &DataplaneConfig,
+    t: u64,
+) {
+    maps::count_new_flow(choice.service, choice.backend_id);
+    flowlog::opened(
+        &choice.key,
+        &choice.backend,
+        nat,
+        flags,
+        t,
+        config.ticks_per_s,
+    );
+}
+
+/// A new connection straight into FLOWS (UDP: no handshake tells a real
+/// client from a spoofed one): a free NAT port towards its backend, and
+/// both halves. Returns the forward half. TCP goes through EMBRYOS first
+/// (embryo.rs).
+#[inline(always)]
+pub fn create(
+    ctx: &XdpContext,
+    pkt: &Ipv4Packet,
+    choice: &Choice,
+    config: &DataplaneConfig,
+    t: u64,
+) -> Result<Flow, Verdict> {
+    let key = &choice.key;
+    let backend = &choice.backend;
+    let reply = reply_half(key, choice, t);
     for i in 0..NAT_PORT_TRIES {
-        let port = (port_min as u32 + nat_port_offset(hash, i, span)) as u16;
-        let nat_port = port.to_be_bytes();
-        let reply_key = FlowKey::reply_of(snat_ip, backend.ip, nat_port, backend.port, key.proto);
+        let (snat, nat_port) = nat_candidate(config, choice.hash, i);
+        let reply_key = FlowKey::reply_of(snat, backend.ip, nat_port, backend.port, key.proto);
         // NOEXIST: a port another connection to this backend holds is skipped.
         match FLOWS.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
             Ok(()) => {}
@@ -273,43 +358,21 @@ pub fn create(
             Err(e) if e == -E2BIG => return Err(Verdict::drop(Reason::DropFlowTableFull)),
             Err(_) => return Err(aborted()),
         }
-        let flow = Flow {
-            last_seen: t,
-            hop_at,
-            new_src: snat_ip,
-            new_dst: backend.ip,
-            new_sport: nat_port,
-            new_dport: backend.port,
-            backend: backend_id,
-            service: service.id,
-            hop,
-            tcp_seen: seen,
-            dir: DIR_FORWARD,
-            flags: 0,
-            _pad: 0,
-        };
-        return match FLOWS.insert(&key, &flow, BPF_NOEXIST as u64) {
+        let flow = forward_half(ctx, pkt, choice, (snat, nat_port), t);
+        return match FLOWS.insert(key, &flow, BPF_NOEXIST as u64) {
             Ok(()) => {
-                maps::count_new_flow(service.id, backend_id);
-                flowlog::opened(
-                    &key,
-                    &backend,
-                    (snat_ip, nat_port),
-                    0,
-                    t,
-                    config.ticks_per_s,
-                );
+                opened(choice, (snat, nat_port), 0, config, t);
                 Ok(flow)
             }
             Err(e) => {
                 // Give our port back; then either another CPU created this
-                // flow a moment ago (a retransmitted SYN): follow theirs,
-                // or the table filled up between the two inserts.
+                // flow a moment ago: follow theirs, or the table filled up
+                // between the two inserts.
                 let _ = FLOWS.remove(&reply_key);
                 if e == -E2BIG {
                     return Err(Verdict::drop(Reason::DropFlowTableFull));
                 }
-                match entry(&key) {
+                match entry(key) {
                     Some(theirs) => Ok(theirs.read()),
                     None => Err(aborted()),
                 }
@@ -320,9 +383,6 @@ pub fn create(
 }
 
 #[inline(always)]
-fn aborted() -> Verdict {
-    Verdict {
-        action: xdp_action::XDP_ABORTED,
-        reason: Reason::AbortedMapUpdate,
-    }
+pub fn aborted() -> Verdict {
+    Verdict::new(xdp_action::XDP_ABORTED, Reason::AbortedMapUpdate)
 }

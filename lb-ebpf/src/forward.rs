@@ -16,7 +16,11 @@ use lb_common::{
     stats::Reason,
 };
 
-use crate::{Verdict, maps::TX_PORTS, parse::Ipv4Packet};
+use crate::{
+    Verdict,
+    maps::{self, TX_PORTS},
+    parse::Ipv4Packet,
+};
 
 const AF_INET: u8 = 2;
 
@@ -69,10 +73,7 @@ pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, hop: NextHop, to_backend: bo
         } else {
             Reason::TxReply
         };
-        return Verdict {
-            action: xdp_action::XDP_TX,
-            reason,
-        };
+        return Verdict::new(xdp_action::XDP_TX, reason);
     }
     match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => {
@@ -81,7 +82,7 @@ pub fn send(ctx: &XdpContext, pkt: &mut Ipv4Packet, hop: NextHop, to_backend: bo
             } else {
                 Reason::RedirectReply
             };
-            Verdict { action, reason }
+            Verdict::new(action, reason)
         }
         // Not an interface the agent registered: let the kernel route it.
         Err(_) => Verdict::pass(Reason::PassFibOther),
@@ -106,10 +107,19 @@ pub fn fib(
     tos: u8,
     tot_len: u16,
 ) -> Result<NextHop, Reason> {
-    // SAFETY: FibParams is a plain 64-byte C struct; all-zero is its
-    // documented "no options" state. Eight u64 stores: `mem::zeroed` is
-    // compiled to a call of a byte-wise memset subprogram.
-    let mut fib: FibParams = unsafe { core::mem::transmute([0u64; 8]) };
+    // In this CPU's scratch space, not on the stack (maps::Scratch).
+    let Some(scratch) = maps::scratch() else {
+        return Err(Reason::PassFibOther);
+    };
+    // SAFETY: this CPU's scratch, ours for the packet. FibParams is a
+    // plain 64-byte C struct; all-zero is its documented "no options"
+    // state. Eight u64 stores: `mem::zeroed` is compiled to a call of a
+    // byte-wise memset subprogram.
+    let fib: &mut FibParams = unsafe {
+        let fib = &raw mut (*scratch).fib;
+        fib.cast::<[u64; 8]>().write([0u64; 8]);
+        &mut *fib
+    };
     fib.family = AF_INET;
     fib.l4_protocol = proto;
     fib.__bindgen_anon_1.tot_len = tot_len;
@@ -121,7 +131,7 @@ pub fn fib(
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

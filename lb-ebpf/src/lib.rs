@@ -1,10 +1,11 @@
 //! The xdplb data plane: one XDP program, read top to bottom as the
 //! packet's path:
 //!
-//! parse → look up the flow (either direction) → for none, is it a new
-//! connection to a service? pick a backend (Maglev), create the flow (and
-//! tell the flow log) → rewrite + checksums → forward (next hop cached in
-//! the flow).
+//! parse → look up the flow (either direction) → for none, a half-open
+//! TCP connection (embryo.rs)? → for none, is it a new connection to a
+//! service? pick a backend (Maglev), make a half-open connection (TCP) or
+//! the flow (UDP) → rewrite + checksums → forward (next hop cached in the
+//! flow). A TCP connection's flow is made when its handshake completes.
 //!
 //! Every verdict carries a [`Reason`], counted in one place. The program
 //! only looks things up: the agent computes services, backends and Maglev
@@ -12,6 +13,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod embryo;
 pub mod flowlog;
 pub mod forward;
 pub mod maps;
@@ -20,38 +22,46 @@ pub mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    flow::{DIR_FORWARD, FLOW_LOCAL},
-    service::{DataplaneConfig, Service, ServiceKey},
+    flow::{DIR_FORWARD, FLOW_LOCAL, Flow},
+    service::{BACKEND_LOCAL, DataplaneConfig, Service, ServiceKey},
     stats::Reason,
-    wire::ArpHdr,
+    wire::{ArpHdr, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 use crate::{
-    conntrack::FlowRef,
+    conntrack::{Choice, FlowRef},
+    embryo::{EmbryoRef, Step},
     forward::Hop,
     parse::{Ipv4Packet, Parsed},
 };
 
-/// What the program does with a packet, and why.
-pub struct Verdict {
-    pub action: u32,
-    pub reason: Reason,
-}
+/// What the program does with a packet (an XDP action), and why (a
+/// [`Reason`]), in one register.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Verdict(u64);
 
 impl Verdict {
     #[inline(always)]
+    pub const fn new(action: u32, reason: Reason) -> Self {
+        Verdict(((reason as u64) << 32) | action as u64)
+    }
+    #[inline(always)]
     pub const fn pass(reason: Reason) -> Self {
-        Verdict {
-            action: xdp_action::XDP_PASS,
-            reason,
-        }
+        Verdict::new(xdp_action::XDP_PASS, reason)
     }
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Self {
-        Verdict {
-            action: xdp_action::XDP_DROP,
-            reason,
-        }
+        Verdict::new(xdp_action::XDP_DROP, reason)
+    }
+    #[inline(always)]
+    pub const fn action(self) -> u32 {
+        self.0 as u32
+    }
+    /// The reason's index in REASON_STATS.
+    #[inline(always)]
+    pub const fn reason(self) -> u32 {
+        (self.0 >> 32) as u32
     }
 }
 
@@ -61,14 +71,14 @@ impl Verdict {
 pub fn run(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let verdict = process(ctx);
-    maps::count_reason(verdict.reason, len);
-    verdict.action
+    maps::count_reason(verdict.reason(), len);
+    verdict.action()
 }
 
 /// The whole packet path, up to its verdict.
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> Verdict {
-    let pkt = match parse::parse(ctx) {
+    let mut pkt = match parse::parse(ctx) {
         Parsed::Ipv4(pkt) => pkt,
         Parsed::Arp(arp) => return arp_verdict(arp),
         Parsed::Done(verdict) => return verdict,
@@ -90,9 +100,26 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     let active = config.active(now);
 
     // Established, either direction: one lookup has all the packet needs.
-    let second = u64::from(config.ticks_per_s);
-    if let Some(entry) = conntrack::lookup(&pkt) {
-        return established(ctx, pkt, entry, active, now, second);
+    let now = Now {
+        t: now,
+        second: u64::from(config.ticks_per_s),
+        ticks_per_s: config.ticks_per_s,
+        active,
+    };
+    let mut flow = conntrack::lookup(&pkt);
+    // Else half-open, either direction (TCP only: UDP has no handshake);
+    // a packet that completes the handshake finds its flow made.
+    if flow.is_none()
+        && pkt.is_tcp()
+        && let Some(entry) = embryo::lookup(&conntrack::key_of(&pkt))
+    {
+        match half_open(ctx, &mut pkt, entry, &now) {
+            Some(verdict) => return verdict,
+            None => flow = conntrack::lookup(&pkt),
+        }
+    }
+    if let Some(entry) = flow {
+        return established(ctx, &mut pkt, entry, &now);
     }
 
     // A client → VIP:port packet opening a connection to a virtual service?
@@ -109,7 +136,7 @@ pub fn process(ctx: &XdpContext) -> Verdict {
         // A backup never NATs VIP traffic: the active node owns it.
         return Verdict::pass(Reason::PassNotActive);
     }
-    new_connection(ctx, pkt, &service, &config, now)
+    new_connection(ctx, &mut pkt, &service, &config, now.t)
 }
 
 /// ARP passes to the kernel, which answers for the node's addresses (the
@@ -128,21 +155,19 @@ fn arp_verdict(arp: &ArpHdr) -> Verdict {
 }
 
 /// A packet of a flow in FLOWS: client → VIP rewritten to SNAT → backend,
-/// or backend → SNAT rewritten back to VIP → client. `now`: the clock
-/// (jiffies); `second`: its ticks per second (DataplaneConfig::ticks_per_s).
+/// or backend → SNAT rewritten back to VIP → client.
 ///
 /// `entry` is shared with other CPUs and the agent: the packet is handled
 /// from one copy of it, and the only writes back are `touch` and
 /// `cache_hop` (see conntrack::FlowRef for the races they tolerate).
 #[inline(always)]
-fn established(
-    ctx: &XdpContext,
-    mut pkt: Ipv4Packet,
-    entry: FlowRef,
-    active: bool,
-    now: u64,
-    second: u64,
-) -> Verdict {
+fn established(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: FlowRef, now: &Now) -> Verdict {
+    let Now {
+        t: now,
+        second,
+        active,
+        ..
+    } = *now;
     let flow = entry.read();
     let to_backend = flow.dir == DIR_FORWARD;
     if to_backend && !active {
@@ -161,8 +186,8 @@ fn established(
     if to_backend {
         maps::count_service(flow.service, pkt.len);
     }
-    rewrite::nat(&mut pkt, &flow);
-    let hop = match forward::next_hop(ctx, &pkt, &flow, now, second) {
+    rewrite::nat(pkt, &flow);
+    let hop = match forward::next_hop(ctx, pkt, &flow, now, second) {
         Ok(Hop::Cached(hop)) => hop,
         Ok(Hop::Fresh(hop)) => {
             entry.cache_hop(hop, now, flow.hop_at);
@@ -170,15 +195,83 @@ fn established(
         }
         Err(reason) => return Verdict::pass(reason),
     };
-    forward::send(ctx, &mut pkt, hop, to_backend)
+    forward::send(ctx, pkt, hop, to_backend)
 }
 
-/// The first packet of a connection: pick a backend, create both flow
-/// halves, rewrite, send. `service` and `config`: this packet's copies.
+/// The clock for this packet, and whether this node NATs new traffic.
+#[derive(Clone, Copy)]
+pub struct Now {
+    /// Jiffies, read once per packet.
+    pub t: u64,
+    /// Ticks per second, as a u64 and as the config has it.
+    pub second: u64,
+    pub ticks_per_s: u32,
+    pub active: bool,
+}
+
+/// A packet of a half-open TCP connection (embryo.rs): the handshake's
+/// steps are recorded, the connection promoted to FLOWS once it proves
+/// real, and meanwhile packets are rewritten from the embryo (no state
+/// written per packet, the next hop looked up when not cached).
+#[inline(always)]
+///
+/// Returns the verdict, or None when the packet completed the handshake:
+/// it is then handled as established.
+fn half_open(
+    ctx: &XdpContext,
+    pkt: &mut Ipv4Packet,
+    entry: EmbryoRef,
+    now: &Now,
+) -> Option<Verdict> {
+    let emb = entry.read();
+    let to_backend = emb.flow.dir == DIR_FORWARD;
+    if to_backend && !now.active {
+        return Some(Verdict::pass(Reason::PassNotActive));
+    }
+    if let Err(reason) = pkt.validate() {
+        return Some(Verdict::drop(reason));
+    }
+    let key = conntrack::key_of(pkt);
+    let flags = pkt.tcp_flags();
+    let step = if flags & TCP_RST != 0 {
+        embryo::reset(&key, entry);
+        Step::Forward
+    } else if to_backend {
+        if flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+            embryo::client_ack(&key, entry, pkt.tcp_ack(), now)
+        } else {
+            Step::Forward
+        }
+    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        embryo::backend_synack(entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
+    } else {
+        embryo::backend_answer(&key, entry, now)
+    };
+    match step {
+        Step::Forward => {}
+        Step::Stop(verdict) => return Some(verdict),
+        Step::Promoted => return None,
+    }
+    let flow = emb.flow;
+    maps::count_backend(flow.backend, pkt.len);
+    if to_backend {
+        maps::count_service(flow.service, pkt.len);
+    }
+    rewrite::nat(pkt, &flow);
+    let hop = match forward::next_hop(ctx, pkt, &flow, now.t, now.second) {
+        Ok(Hop::Cached(hop) | Hop::Fresh(hop)) => hop,
+        Err(reason) => return Some(Verdict::pass(reason)),
+    };
+    Some(forward::send(ctx, pkt, hop, to_backend))
+}
+
+/// The first packet of a connection: pick a backend, make the half-open
+/// connection (TCP) or the flow (UDP), rewrite, send. `service` and
+/// `config`: this packet's copies.
 #[inline(always)]
 fn new_connection(
     ctx: &XdpContext,
-    mut pkt: Ipv4Packet,
+    pkt: &mut Ipv4Packet,
     service: &Service,
     config: &DataplaneConfig,
     now: u64,
@@ -186,19 +279,74 @@ fn new_connection(
     if let Err(reason) = pkt.validate() {
         return Verdict::drop(reason);
     }
-    let flow = match conntrack::create(ctx, &pkt, service, config, now) {
-        Ok(flow) => flow,
+    let tcp = pkt.is_tcp();
+    if tcp && pkt.tcp_flags() & TCP_RST != 0 {
+        // Resets nothing we know: no state for it (an RST flood costs
+        // two lookups a packet).
+        return Verdict::drop(Reason::DropRstNoFlow);
+    }
+    let choice = match conntrack::choose(pkt, service) {
+        Ok(choice) => choice,
         Err(verdict) => return verdict,
     };
+    if choice.backend.flags & BACKEND_LOCAL != 0 {
+        return conntrack::create_local(pkt, &choice, config, now);
+    }
+    if tcp {
+        new_tcp(ctx, pkt, &choice, config, now)
+    } else {
+        new_udp(ctx, pkt, &choice, config, now)
+    }
+}
+
+/// A new TCP connection: half-open until its handshake completes.
+#[inline(always)]
+fn new_tcp(
+    ctx: &XdpContext,
+    pkt: &mut Ipv4Packet,
+    choice: &Choice,
+    config: &DataplaneConfig,
+    now: u64,
+) -> Verdict {
+    match embryo::open(ctx, pkt, choice, config, now) {
+        Ok(flow) => send_new(ctx, pkt, &flow, config, now),
+        Err(verdict) => verdict,
+    }
+}
+
+/// A new UDP flow: straight into FLOWS.
+#[inline(always)]
+fn new_udp(
+    ctx: &XdpContext,
+    pkt: &mut Ipv4Packet,
+    choice: &Choice,
+    config: &DataplaneConfig,
+    now: u64,
+) -> Verdict {
+    match conntrack::create(ctx, pkt, choice, config, now) {
+        Ok(flow) => send_new(ctx, pkt, &flow, config, now),
+        Err(verdict) => verdict,
+    }
+}
+
+/// A new connection's first packet, rewritten by its forward half `flow`.
+#[inline(always)]
+fn send_new(
+    ctx: &XdpContext,
+    pkt: &mut Ipv4Packet,
+    flow: &Flow,
+    config: &DataplaneConfig,
+    now: u64,
+) -> Verdict {
     maps::count_backend(flow.backend, pkt.len);
     maps::count_service(flow.service, pkt.len);
-    rewrite::nat(&mut pkt, &flow);
+    rewrite::nat(pkt, flow);
     let second = u64::from(config.ticks_per_s);
-    // `create` put the FIB's answer in the entry already; when it had none,
-    // the flow's next packet asks again (and caches it).
-    let hop = match forward::next_hop(ctx, &pkt, &flow, now, second) {
+    // The forward half has the FIB's answer already; when it had none, the
+    // flow's next packet asks again (and caches it).
+    let hop = match forward::next_hop(ctx, pkt, flow, now, second) {
         Ok(Hop::Cached(hop) | Hop::Fresh(hop)) => hop,
         Err(reason) => return Verdict::pass(reason),
     };
-    forward::send(ctx, &mut pkt, hop, true)
+    forward::send(ctx, pkt, hop, true)
 }

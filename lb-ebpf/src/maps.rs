@@ -16,20 +16,21 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    bindings::bpf_fib_lookup as FibParams,
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
     maps::ring_buf::RingBufEntry,
 };
 use bytemuck::Pod;
 use lb_common::{
-    flow::{Flow, FlowKey},
+    flow::{Embryo, Flow, FlowKey},
     flowlog::{FlowEvent, FlowLogCpu, RING_BYTES},
-    maps::DEFAULT_MAX_FLOWS,
+    maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS},
     service::{
-        Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, Service,
-        ServiceKey,
+        Backend, DEFAULT_TABLE_SIZE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_IPS,
+        Service, ServiceKey,
     },
-    stats::{Counter, REASON_SLOTS, Reason, Traffic},
+    stats::{Counter, EmbryoStats, REASON_SLOTS, Traffic},
 };
 
 #[btf_map(name = "CONFIG")]
@@ -59,6 +60,45 @@ static MAGLEV: Array<u32, { (MAX_SERVICES * 2 * DEFAULT_TABLE_SIZE) as usize }> 
 /// from a per-CPU free list, with no allocation and no LRU bookkeeping.
 #[btf_map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+
+/// Half-open TCP connections, both halves (lb_common::flow::Embryo): what
+/// a SYN makes, until the client's ACK moves it to FLOWS (embryo.rs). An
+/// LRU, unlike FLOWS: losing a half-open connection costs a legitimate
+/// client one SYN retransmission, and under a spoofed flood the oldest go
+/// first, so a flood can fill this map but never lock clients out. The
+/// agent sizes it at load time.
+#[btf_map(name = "EMBRYOS")]
+pub static EMBRYOS: LruHashMap<FlowKey, Embryo, { DEFAULT_MAX_EMBRYOS as usize }> =
+    LruHashMap::new();
+
+/// The SNAT pool: DataplaneConfig::snat_count addresses (network order).
+#[btf_map(name = "SNAT_IPS")]
+static SNAT_IPS: Array<[u8; 4], { MAX_SNAT_IPS as usize }> = Array::new();
+
+/// What happened to half-open connections, per CPU.
+#[btf_map(name = "EMBRYO_STATS")]
+static EMBRYO_STATS: PerCpuArray<EmbryoStats, 1> = PerCpuArray::new();
+
+/// Room for the packet path's large temporaries, one per CPU: the FIB
+/// lookup's parameters and a half-open connection's entry as it is built.
+/// On the stack they would take a quarter of the 512 bytes the verifier
+/// allows. Not pinned: nothing in it outlives a packet.
+#[btf_map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    pub embryo: Embryo,
+}
+
+/// This CPU's scratch space. XDP runs with migration disabled and never
+/// nests on a CPU, so the packet that takes it has it to itself until it
+/// returns.
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
 
 #[btf_map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash<64> = DevMapHash::new();
@@ -119,6 +159,27 @@ pub fn config() -> Option<DataplaneConfig> {
         .map(|p| unsafe { read_once::<_, [u64; 4]>(p) })
 }
 
+/// Addresses in the SNAT pool (at least one: `snat_ip`).
+#[inline(always)]
+pub fn snat_addrs(config: &DataplaneConfig) -> u32 {
+    config.snat_count.clamp(1, MAX_SNAT_IPS)
+}
+
+/// The pool's `index`th SNAT address (index < [`snat_addrs`]); the first
+/// is `snat_ip`, read without a lookup. One 4-byte load: the agent writes
+/// the pool before it raises `snat_count` over it.
+#[inline(always)]
+pub fn snat_addr(config: &DataplaneConfig, index: u32) -> [u8; 4] {
+    if index == 0 {
+        return config.snat_ip;
+    }
+    // SAFETY: a SNAT_IPS value pointer from this lookup.
+    SNAT_IPS
+        .get_ptr(index)
+        .map(|p| unsafe { read_once::<_, u32>(p) })
+        .unwrap_or(config.snat_ip)
+}
+
 /// Whether `addr` is a VIP of a service.
 #[inline(always)]
 pub fn is_vip(addr: &[u8; 4]) -> bool {
@@ -165,8 +226,8 @@ pub fn maglev_slot(index: u32) -> Option<u32> {
 }
 
 #[inline(always)]
-pub fn count_reason(reason: Reason, bytes: u64) {
-    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
+pub fn count_reason(reason: u32, bytes: u64) {
+    if let Some(c) = REASON_STATS.get_ptr_mut(reason) {
         // SAFETY: a per-CPU slot, written only by runs on this CPU (XDP
         // runs with migration disabled), which in NAPI's softirq never
         // interleave: this `&mut` is unique. The agent's reads are syscall
@@ -205,6 +266,15 @@ pub fn count_backend(id: u32, bytes: u64) {
             (*t).packets += 1;
             (*t).bytes += bytes;
         }
+    }
+}
+
+/// Counts one half-open connection event on this CPU.
+#[inline(always)]
+pub fn count_embryo(event: fn(&mut EmbryoStats) -> &mut u64) {
+    if let Some(e) = EMBRYO_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU, as count_reason.
+        unsafe { *event(&mut *e) += 1 };
     }
 }
 

@@ -148,6 +148,29 @@ impl Ipv4Packet<'_> {
         }
     }
 
+    /// TCP sequence number (host order), 0 for UDP.
+    #[inline(always)]
+    pub fn tcp_seq(&self) -> u32 {
+        match &self.l4 {
+            L4::Tcp(t) => u32::from_be_bytes(t.seq),
+            L4::Udp(_) => 0,
+        }
+    }
+
+    /// TCP acknowledgment number (host order), 0 for UDP.
+    #[inline(always)]
+    pub fn tcp_ack(&self) -> u32 {
+        match &self.l4 {
+            L4::Tcp(t) => u32::from_be_bytes(t.ack),
+            L4::Udp(_) => 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.l4, L4::Tcp(_))
+    }
+
     /// Checks made only for packets we rewrite: lengths must agree with the
     /// packet, or the rewrite would forward garbage on a connection's behalf.
     #[inline(always)]

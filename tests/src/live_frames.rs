@@ -39,6 +39,7 @@ use aya::{
 };
 use bytemuck::Zeroable;
 use lb_common::{
+    flow::{Embryo, Flow, FlowKey},
     maps,
     service::{PROTO_TCP, ServiceKey},
     stats::{Counter, Reason, ReasonTotals, Traffic},
@@ -153,7 +154,7 @@ pub struct XdplbCounts {
     /// Every reason other than tx_forward, non-zero only.
     pub other: Vec<(Reason, u64)>,
     pub new_flows: u64,
-    /// Flows xdplb made since it was loaded (the warm-up makes them all).
+    /// Connections in xdplb's FLOWS (the warm-up makes them all).
     pub flows_total: u64,
 }
 
@@ -362,6 +363,7 @@ impl Rig {
         self.generate(warmup)?;
         thread::sleep(Duration::from_millis(20));
         if target == Target::Xdplb {
+            self.promote_embryos()?;
             self.warm = true;
         }
 
@@ -409,6 +411,53 @@ impl Rig {
         Ok(())
     }
 
+    /// The rig's frames are a client's ACKs of connections xdplb has not
+    /// seen: it keeps each half-open (EMBRYOS) until the backend answers,
+    /// and no backend answers here. What the backends' answers would do,
+    /// done from here: both halves into FLOWS, so the measured path is the
+    /// established one.
+    fn promote_embryos(&mut self) -> Result<()> {
+        let embryos: Vec<(FlowKey, Embryo)> = {
+            let m: aya::maps::HashMap<_, FlowKey, Embryo> = self
+                .xdplb
+                .map(maps::EMBRYOS)
+                .ok_or_else(|| anyhow!("no {}", maps::EMBRYOS))?
+                .try_into()?;
+            m.iter().collect::<Result<_, _>>()?
+        };
+        let mut flows: aya::maps::HashMap<_, FlowKey, Flow> = self
+            .xdplb
+            .map_mut(maps::FLOWS)
+            .ok_or_else(|| anyhow!("no {}", maps::FLOWS))?
+            .try_into()?;
+        for (key, embryo) in &embryos {
+            flows.insert(key, embryo.flow, 0)?;
+        }
+        let mut m: aya::maps::HashMap<_, FlowKey, Embryo> = self
+            .xdplb
+            .map_mut(maps::EMBRYOS)
+            .ok_or_else(|| anyhow!("no {}", maps::EMBRYOS))?
+            .try_into()?;
+        for (key, _) in &embryos {
+            m.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Connections (forward halves) in xdplb's FLOWS.
+    fn connections(&self) -> Result<u64> {
+        let m: aya::maps::HashMap<_, FlowKey, Flow> = self
+            .xdplb
+            .map(maps::FLOWS)
+            .ok_or_else(|| anyhow!("no {}", maps::FLOWS))?
+            .try_into()?;
+        let mut n = 0;
+        for e in m.iter() {
+            n += u64::from(e?.1.dir == lb_common::flow::DIR_FORWARD);
+        }
+        Ok(n)
+    }
+
     fn counts(&self, target: Target) -> Result<Counts> {
         let xdplb = if target == Target::Xdplb {
             let reasons: PerCpuArray<_, Counter> = self
@@ -427,7 +476,7 @@ impl Rig {
                 .iter()
                 .map(|t| t.new_flows)
                 .sum();
-            Some((reasons, new_flows))
+            Some((reasons, new_flows, self.connections()?))
         } else {
             None
         };
@@ -461,7 +510,8 @@ struct Counts {
     generated: u64,
     sink: u64,
     drop_floor: u64,
-    xdplb: Option<(ReasonTotals, u64)>,
+    /// Reasons, new flows, connections in FLOWS.
+    xdplb: Option<(ReasonTotals, u64, u64)>,
     veth: BTreeMap<String, u64>,
 }
 
@@ -475,7 +525,7 @@ impl Counts {
             .collect();
         let stat = |k: &str| veth.get(k).copied().unwrap_or(0);
         let xdplb = match (&self.xdplb, &before.xdplb) {
-            (Some((r1, f1)), Some((r0, f0))) => {
+            (Some((r1, f1, conns)), Some((r0, f0, _))) => {
                 let other = Reason::ALL
                     .iter()
                     .filter(|&&r| r != Reason::TxForward)
@@ -487,7 +537,7 @@ impl Counts {
                         - r0.get(Reason::TxForward).packets,
                     other,
                     new_flows: f1 - f0,
-                    flows_total: *f1,
+                    flows_total: *conns,
                 })
             }
             _ => None,

@@ -41,12 +41,13 @@ use lab::{
 use lb_common::{
     csum::{checksum, fold, pseudo_header_sum, sum},
     flow::{
-        DIR_FORWARD, DIR_REPLY, FLOW_LOCAL, Flow, FlowKey, NextHop, SEEN_ACK, SEEN_SYN, flow_hash,
+        DIR_FORWARD, DIR_REPLY, Embryo, FLOW_LOCAL, Flow, FlowKey, NextHop, SEEN_ACK, SEEN_SYN,
+        flow_hash,
     },
     maps,
     service::{DataplaneConfig, PROTO_TCP, PROTO_UDP, ServiceKey},
     stats::{Counter, Reason, ReasonTotals},
-    wire::{ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_SYN},
+    wire::{ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
 };
 use lb_userspace::{
     maps::ControlPlane,
@@ -467,6 +468,15 @@ impl Dataplane {
     fn flows(&self) -> Vec<(FlowKey, Flow)> {
         let m: BpfHashMap<_, FlowKey, Flow> = self.map(maps::FLOWS).try_into().unwrap();
         m.iter().collect::<Result<_, _>>().expect("reading FLOWS")
+    }
+
+    /// The half-open connections, as (key, the flow each half will be).
+    fn embryos(&self) -> Vec<(FlowKey, Flow)> {
+        let m: BpfHashMap<_, FlowKey, Embryo> = self.map(maps::EMBRYOS).try_into().unwrap();
+        m.iter()
+            .map(|e| e.map(|(k, v)| (k, v.flow)))
+            .collect::<Result<_, _>>()
+            .expect("reading EMBRYOS")
     }
 
     /// One BPF_PROG_TEST_RUN of `frame` arriving on lb0: the program's return
@@ -899,8 +909,9 @@ fn assert_flows(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
 // ---------------------------------------------------------------------------
 // The tables.
 
-/// Rows 1-3: a TCP connection's SYN, its first data segment, and the
-/// backend's SYN-ACK, through the NAT both ways.
+/// Rows 1-3: a TCP connection's handshake and first data segment through
+/// the NAT both ways. The SYN makes a half-open connection (EMBRYOS), not
+/// a flow; the client's ACK of the backend's SYN-ACK makes it a flow.
 #[test]
 fn tcp_connection_is_nated_both_ways() {
     in_own_netns("tcp_connection_is_nated_both_ways", || {
@@ -908,7 +919,7 @@ fn tcp_connection_is_nated_both_ways() {
         let (conn, backend_mac) = open(
             &dp,
             40000,
-            "1 SYN client → VIP: new flow, NATed to the Maglev backend",
+            "1 SYN client → VIP: half-open, NATed to the Maglev backend",
         );
         let Connection {
             client,
@@ -917,30 +928,113 @@ fn tcp_connection_is_nated_both_ways() {
             backend,
             ..
         } = conn;
-        assert_flows(&dp, "the SYN", &conn.flows(SEEN_SYN, 0));
+        assert_flows(&dp, "the SYN", &[]);
+        assert_embryos(&dp, "the SYN", &conn.flows(SEEN_SYN, 0));
 
         dp.check(&Case::new(
-            "2 established: data segment → same backend, same NAT port",
-            request(client_to_vip(40000)).build(),
-            Action::Tx,
-            Reason::TxForward,
-            Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
-        ));
-        assert_flows(&dp, "the data segment", &conn.flows(SEEN_SYN | SEEN_ACK, 0));
-
-        dp.check(&Case::new(
-            "3 reply: backend SYN-ACK → reverse NAT to VIP → client",
+            "2 reply: backend SYN-ACK → reverse NAT to VIP → client",
             syn_ack(wire(backend_mac, backend, LB_MAC, snat)).build(),
             Action::Tx,
             Reason::TxReply,
             Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_MAC, client)).build()),
         ));
+        assert_flows(&dp, "the SYN-ACK", &[]);
+
+        dp.check(&Case::new(
+            "3 the client's ACK of the SYN-ACK (with data): a flow now, same backend and NAT port",
+            request(client_to_vip(40000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
+        ));
         assert_flows(
             &dp,
-            "the SYN-ACK",
+            "the handshake's ACK",
             &conn.flows(SEEN_SYN | SEEN_ACK, SEEN_SYN | SEEN_ACK),
         );
+        assert_embryos(&dp, "the handshake's ACK", &[]);
+
+        dp.check(&Case::new(
+            "4 established: the backend's answer → client",
+            request(wire(backend_mac, backend, LB_MAC, snat)).build(),
+            Action::Tx,
+            Reason::TxReply,
+            Out::Frame(request(wire(LB_MAC, vip, CLIENT_MAC, client)).build()),
+        ));
     });
+}
+
+/// A spoofed SYN's connection never completes: an ACK that does not
+/// acknowledge the backend's SYN-ACK (a blind spoofer's guess) is
+/// forwarded for the backend to judge, but makes no flow; an RST ends the
+/// half-open connection; an RST of no connection makes no state.
+#[test]
+fn a_handshake_only_its_own_ack_completes() {
+    in_own_netns("a_handshake_only_its_own_ack_completes", || {
+        let dp = Dataplane::start();
+        let (conn, backend_mac) = establish(&dp, 40001);
+        let guess = |w: Wire| {
+            w.tcp()
+                .flags(TCP_ACK)
+                .seq(CLIENT_ISN + 1)
+                .ack(SERVER_ISN + 2)
+                .build()
+        };
+        dp.check(&Case::new(
+            "an ACK of the wrong number: forwarded, no flow",
+            guess(client_to_vip(40001)),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(guess(wire(LB_MAC, conn.snat, backend_mac, conn.backend))),
+        ));
+        assert_flows(&dp, "a wrong ACK", &[]);
+        assert_eq!(dp.embryos().len(), 2, "the half-open connection stays");
+
+        let rst = |w: Wire| w.tcp().flags(TCP_RST).seq(CLIENT_ISN + 1).build();
+        dp.check(&Case::new(
+            "the client's RST: forwarded, the half-open connection gone",
+            rst(client_to_vip(40001)),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(rst(wire(LB_MAC, conn.snat, backend_mac, conn.backend))),
+        ));
+        assert_embryos(&dp, "the RST", &[]);
+        dp.check(&Case::new(
+            "an RST of no connection: dropped, no state",
+            rst(client_to_vip(40002)),
+            Action::Drop,
+            Reason::DropRstNoFlow,
+            Out::Unchanged,
+        ));
+        assert_embryos(&dp, "an RST of nothing", &[]);
+        assert_flows(&dp, "an RST of nothing", &[]);
+    });
+}
+
+/// EMBRYOS holds exactly `expected`, compared as [`assert_flows`] does.
+fn assert_embryos(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
+    let norm = |v: &[(FlowKey, Flow)]| {
+        let mut v: Vec<(FlowKey, Flow)> = v
+            .iter()
+            .map(|e| {
+                normalized(dp.loaded.ifindex, e)
+                    .unwrap_or_else(|e| panic!("EMBRYOS after {after}: {e}"))
+            })
+            .collect();
+        v.sort_by_key(|(k, _)| bytemuck::bytes_of(k).to_vec());
+        v
+    };
+    let (got, want) = (norm(&dp.embryos()), norm(expected));
+    assert!(
+        got == want,
+        "EMBRYOS after {after}:\n  expected:{}\n  got:{}",
+        want.iter()
+            .map(|e| format!("\n    {}", show_flow(e)))
+            .collect::<String>(),
+        got.iter()
+            .map(|e| format!("\n    {}", show_flow(e)))
+            .collect::<String>()
+    );
 }
 
 /// A client's SYN from CLIENT:`port` to the VIP: a new flow to the Maglev
@@ -1380,6 +1474,8 @@ fn local_backend_is_delivered_locally() {
 
 /// Row 12: one NAT port, one backend: a second client's connection cannot
 /// get a port.
+/// Row 12: one NAT port, held by an established connection, is never
+/// taken: another client's SYN to the same backend is dropped.
 #[test]
 fn nat_port_exhaustion_drops_new_flows() {
     in_own_netns("nat_port_exhaustion_drops_new_flows", || {
@@ -1387,58 +1483,119 @@ fn nat_port_exhaustion_drops_new_flows() {
         dp.change(|d| d.nat_ports = (20000, 20000));
         // Every new flow to BACKEND_HOSTS[0].
         dp.set_api_weights([1, 0, 0]);
-        let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
-        let backend_mac = BACKEND_HOSTS[0].1;
-        let snat = addr(SNAT, 20000);
+        let (conn, backend_mac) = establish(&dp, 40000);
+        assert_eq!(conn.snat, addr(SNAT, 20000));
+        dp.check(&Case::new(
+            "12 client A's ACK: its connection holds the only NAT port",
+            request(client_to_vip(40000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, conn.snat, backend_mac, conn.backend)).build()),
+        ));
         let client_b = wire(
             CLIENT_B_MAC,
             addr(CLIENT_B, 40000),
             LB_MAC,
             addr(VIP, API_PORT),
         );
-        dp.check_all(&[
-            Case::new(
-                "12 client A's SYN takes the only NAT port",
-                syn(client_to_vip(40000)).build(),
-                Action::Tx,
-                Reason::TxForward,
-                Out::Frame(syn(wire(LB_MAC, snat, backend_mac, backend)).build()),
-            ),
-            Case::drop(
-                "12 client B's SYN to the same backend finds no NAT port",
-                syn(client_b).build(),
-                Reason::DropNatPortsExhausted,
-            ),
-            Case::new(
-                "12 client A's connection goes on",
-                request(client_to_vip(40000)).build(),
-                Action::Tx,
-                Reason::TxForward,
-                Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
-            ),
-        ]);
-        let conn = Connection {
-            client: addr(CLIENT, 40000),
-            vip: addr(VIP, API_PORT),
-            snat,
-            backend,
-            backend_id: dp.backend_id(backend),
-            service: dp.service_id(TCP_SERVICE),
-            proto: PROTO_TCP,
-        };
-        assert_flows(&dp, "port exhaustion", &conn.flows(SEEN_SYN | SEEN_ACK, 0));
+        dp.check(&Case::drop(
+            "12 client B's SYN to the same backend finds no NAT port",
+            syn(client_b).build(),
+            Reason::DropNatPortsExhausted,
+        ));
+        conn.both_ways(&dp, backend_mac, "12 client A's connection goes on");
+        assert_flows(
+            &dp,
+            "port exhaustion",
+            &conn.flows(SEEN_SYN | SEEN_ACK, SEEN_SYN | SEEN_ACK),
+        );
+        assert_embryos(&dp, "port exhaustion", &[]);
     });
 }
 
-/// Row 13: a full flow table refuses new connections and keeps serving the
-/// established ones. (An LRU would evict an established connection's entry
-/// instead, and with full NAT that connection would be lost: its next
-/// packet would get another NAT port, which the backend answers with RST.)
+/// Row 12b: a NAT port held only by a half-open connection (a SYN flood's)
+/// goes to a new connection when the backend has no other: the old one can
+/// no longer complete, the new one can.
+#[test]
+fn half_open_connections_give_their_nat_port_to_a_new_one() {
+    in_own_netns(
+        "half_open_connections_give_their_nat_port_to_a_new_one",
+        || {
+            let mut dp = Dataplane::start();
+            dp.change(|d| d.nat_ports = (20000, 20000));
+            dp.set_api_weights([1, 0, 0]);
+            let backend = addr(BACKEND_HOSTS[0].0, API_PORT);
+            let backend_mac = BACKEND_HOSTS[0].1;
+            let snat = addr(SNAT, 20000);
+            let client_b = addr(CLIENT_B, 40000);
+            let vip = addr(VIP, API_PORT);
+            let b_to_vip = || wire(CLIENT_B_MAC, client_b, LB_MAC, vip);
+            dp.check_all(&[
+                Case::new(
+                    "12b client A's SYN (never completed) takes the only NAT port",
+                    syn(client_to_vip(40000)).build(),
+                    Action::Tx,
+                    Reason::TxForward,
+                    Out::Frame(syn(wire(LB_MAC, snat, backend_mac, backend)).build()),
+                ),
+                Case::new(
+                    "12b client B's SYN reclaims it",
+                    syn(b_to_vip()).build(),
+                    Action::Tx,
+                    Reason::TxForward,
+                    Out::Frame(syn(wire(LB_MAC, snat, backend_mac, backend)).build()),
+                ),
+                Case::drop(
+                    "12b client A's late ACK: its port is gone",
+                    request(client_to_vip(40000)).build(),
+                    Reason::DropEmbryoLost,
+                ),
+                Case::new(
+                    "12b the backend's SYN-ACK goes to client B",
+                    syn_ack(wire(backend_mac, backend, LB_MAC, snat)).build(),
+                    Action::Tx,
+                    Reason::TxReply,
+                    Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_B_MAC, client_b)).build()),
+                ),
+                Case::new(
+                    "12b client B's ACK completes its connection",
+                    request(b_to_vip()).build(),
+                    Action::Tx,
+                    Reason::TxForward,
+                    Out::Frame(request(wire(LB_MAC, snat, backend_mac, backend)).build()),
+                ),
+            ]);
+            let conn = Connection {
+                client: client_b,
+                vip,
+                snat,
+                backend,
+                backend_id: dp.backend_id(backend),
+                service: dp.service_id(TCP_SERVICE),
+                proto: PROTO_TCP,
+            };
+            assert_flows(
+                &dp,
+                "a reclaimed port",
+                &conn.flows(SEEN_SYN | SEEN_ACK, SEEN_SYN | SEEN_ACK),
+            );
+            assert_embryos(&dp, "a reclaimed port", &[]);
+        },
+    );
+}
+
 #[test]
 fn full_flow_table_refuses_new_connections_keeps_established_ones() {
     in_own_netns("full_flow_table_refuses_new_connections", || {
         let mut dp = Dataplane::start();
         let (conn, backend_mac) = establish(&dp, 40000);
+        dp.check(&Case::new(
+            "13 the first connection's ACK",
+            request(client_to_vip(40000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, conn.snat, backend_mac, conn.backend)).build()),
+        ));
         let filler = dp.fill_flows();
         assert!(
             filler.len() as u32 >= MAX_FLOWS - 2,
@@ -1446,9 +1603,13 @@ fn full_flow_table_refuses_new_connections_keeps_established_ones() {
             filler.len()
         );
         let full = dp.flows().len();
+        // A SYN is half-open (EMBRYOS has room); its handshake's ACK, which
+        // would make it a flow, is refused.
+        let (second, second_mac) = establish(&dp, 40001);
+        let ack = || request(client_to_vip(40001)).build();
         dp.check(&Case::drop(
-            "13 SYN into a full table",
-            syn(client_to_vip(40001)).build(),
+            "13 a handshake's ACK into a full table",
+            ack(),
             Reason::DropFlowTableFull,
         ));
         conn.both_ways(
@@ -1461,8 +1622,8 @@ fn full_flow_table_refuses_new_connections_keeps_established_ones() {
         // not, and the reply half is given back.
         dp.remove_flow(&filler[0]);
         dp.check(&Case::drop(
-            "13 SYN with room for one half",
-            syn(client_to_vip(40001)).build(),
+            "13 the ACK again, with room for one half",
+            ack(),
             Reason::DropFlowTableFull,
         ));
         assert_eq!(
@@ -1471,9 +1632,15 @@ fn full_flow_table_refuses_new_connections_keeps_established_ones() {
             "a half-made connection stayed in FLOWS"
         );
 
-        // Ageing made room for a connection: it is served.
+        // Ageing made room: the client's retransmitted ACK completes it.
         dp.remove_flow(&filler[1]);
-        let (second, second_mac) = establish(&dp, 40001);
+        dp.check(&Case::new(
+            "13 the ACK once ageing made room",
+            ack(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, second.snat, second_mac, second.backend)).build()),
+        ));
         second.both_ways(
             &dp,
             second_mac,
