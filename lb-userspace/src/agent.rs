@@ -172,6 +172,7 @@ pub async fn run(args: Args) -> Result<()> {
         why: &choice.reason,
         pin_dir: pin_dir.clone(),
         max_flows: config.max_flows,
+        max_embryos: config.max_embryos,
         table_size: config.maglev_table_size,
         flow_log: args.flow_log_limit(),
     })?;
@@ -730,10 +731,11 @@ impl Agent {
             .map_err(|e| format!("{REJECTED}: {e:#}"))?;
         if new.maglev_table_size != self.config.maglev_table_size
             || new.max_flows != self.config.max_flows
+            || new.max_embryos != self.config.max_embryos
         {
             return Err(format!(
-                "{REJECTED}: maglev_table_size and max_flows size the pinned maps; changing them \
-                 needs a restart"
+                "{REJECTED}: maglev_table_size, max_flows and max_embryos size the pinned maps; \
+                 changing them needs a restart"
             ));
         }
         let snat_ips =

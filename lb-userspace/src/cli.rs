@@ -17,8 +17,8 @@ use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use crate::config::{
     BackendSpec, CheckKind, DEFAULT_PORT, NatPorts, OnDown, Overrides, Proto, VrrpFlags,
     parse_backend_flag, parse_check_flag, parse_check_interval, parse_check_timeout,
-    parse_duration, parse_fall, parse_max_flows, parse_nat_ports, parse_priority, parse_rise,
-    parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
+    parse_duration, parse_fall, parse_max_embryos, parse_max_flows, parse_nat_ports,
+    parse_priority, parse_rise, parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
 };
 use crate::{
     flowlog::{Dest, parse_dest},
@@ -159,6 +159,14 @@ pub struct Args {
     /// [default: 262144]
     #[arg(long, value_name = "N", value_parser = parse_max_flows)]
     pub max_flows: Option<u32>,
+
+    /// Size of the table of half-open TCP connections, at least 1024; each
+    /// takes two entries until the client's ACK completes its handshake. A
+    /// full table evicts the oldest, so a SYN flood cannot fill the flow
+    /// table or lock clients out; a larger one gives handshakes longer
+    /// under a flood (overrides the file). [default: 131072]
+    #[arg(long, value_name = "N", value_parser = parse_max_embryos)]
+    pub max_embryos: Option<u32>,
 
     /// On SIGTERM leave the program attached and its maps pinned, so traffic
     /// keeps flowing until the next xdplb adopts them.
@@ -352,6 +360,7 @@ impl Args {
             snat_ips: self.snat_ip.clone(),
             nat_ports: self.nat_ports,
             max_flows: self.max_flows,
+            max_embryos: self.max_embryos,
             // Each flag turns its setting one way only; without it the file
             // decides.
             keep_dataplane: self.keep_dataplane.then_some(true),

@@ -5,7 +5,10 @@ use std::{fs, io::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use clap::Parser as _;
-use lb_common::{maps::DEFAULT_MAX_FLOWS, service::DEFAULT_TABLE_SIZE};
+use lb_common::{
+    maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS},
+    service::DEFAULT_TABLE_SIZE,
+};
 
 use super::Args;
 use crate::config::{
@@ -130,6 +133,7 @@ fn single_service_with_defaults() {
             snat_ips: vec![],
             nat_ports: NatPorts::Auto,
             max_flows: DEFAULT_MAX_FLOWS,
+            max_embryos: DEFAULT_MAX_EMBRYOS,
             keep_dataplane: false,
             assign_vip: true,
             maglev_table_size: DEFAULT_TABLE_SIZE,
@@ -164,6 +168,8 @@ fn single_service_every_flag() {
         "40000-40063",
         "--max-flows",
         "1024",
+        "--max-embryos",
+        "4096",
         "--keep-dataplane",
         "--no-assign-vip",
     ])
@@ -185,6 +191,7 @@ fn single_service_every_flag() {
     assert_eq!(c.snat_ips, [Ipv4Addr::new(10, 0, 0, 10)]);
     assert_eq!(c.nat_ports, NatPorts::Range(40000, 40063));
     assert_eq!(c.max_flows, 1024);
+    assert_eq!(c.max_embryos, 4096);
     assert!(c.keep_dataplane);
     assert!(!c.assign_vip);
 }
@@ -305,6 +312,10 @@ fn bad_flag_values_name_the_value() {
             "max_flows 1023 is below the minimum of 1024",
         ),
         (&["--max-flows", "many"], "max_flows 'many'"),
+        (
+            &["--max-embryos", "1023"],
+            "max_embryos 1023 is below the minimum of 1024",
+        ),
         (
             &["--max-flows", "5000000000"],
             "max_flows 5000000000 is above the maximum of 4294967295",

@@ -3,7 +3,7 @@
 //! keep their spans, for `FILE:LINE`.
 
 use anyhow::Result;
-use lb_common::maps::DEFAULT_MAX_FLOWS;
+use lb_common::maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -13,8 +13,9 @@ use super::{
     resolve::{Draft, DraftBackend, DraftService, SnatIps},
     source::{Loc, Source, span},
     values::{
-        check_max_flows, check_port, check_table_size, check_weight, parse_backend_addr,
-        parse_duration, parse_nat_ports, parse_snat_ip, parse_snat_ips_entry, parse_vip,
+        check_max_embryos, check_max_flows, check_port, check_table_size, check_weight,
+        parse_backend_addr, parse_duration, parse_nat_ports, parse_snat_ip, parse_snat_ips_entry,
+        parse_vip,
     },
     vrrp::RawVrrp,
 };
@@ -28,6 +29,7 @@ struct RawFile {
     // Integers are read as i64 (TOML's own type) and range-checked here,
     // so that the message names the key, not just "expected u16".
     max_flows: Option<Spanned<i64>>,
+    max_embryos: Option<Spanned<i64>>,
     keep_dataplane: Option<bool>,
     assign_vip: Option<bool>,
     maglev_table_size: Option<Spanned<i64>>,
@@ -129,6 +131,10 @@ impl Draft {
             Some(n) => src.check(&span(&n), check_max_flows(*n.get_ref()))?,
             None => DEFAULT_MAX_FLOWS,
         };
+        let max_embryos = match raw.max_embryos {
+            Some(n) => src.check(&span(&n), check_max_embryos(*n.get_ref()))?,
+            None => DEFAULT_MAX_EMBRYOS,
+        };
         let maglev_table_size = match raw.maglev_table_size {
             Some(n) => Some((
                 src.check(&span(&n), check_table_size(*n.get_ref()))?,
@@ -222,6 +228,7 @@ impl Draft {
             snat_ips,
             nat_ports,
             max_flows,
+            max_embryos,
             keep_dataplane: raw.keep_dataplane.unwrap_or(false),
             assign_vip: raw.assign_vip.unwrap_or(true),
             maglev_table_size,

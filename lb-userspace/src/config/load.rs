@@ -46,6 +46,7 @@ pub struct Overrides {
     pub snat_ips: Vec<Ipv4Addr>,
     pub nat_ports: Option<super::NatPorts>,
     pub max_flows: Option<u32>,
+    pub max_embryos: Option<u32>,
     pub keep_dataplane: Option<bool>,
     pub assign_vip: Option<bool>,
     /// `--vrid` and its companions: one VRRP instance, replacing the file's.
@@ -70,6 +71,7 @@ impl Default for Overrides {
             snat_ips: Vec::new(),
             nat_ports: None,
             max_flows: None,
+            max_embryos: None,
             keep_dataplane: None,
             assign_vip: None,
             vrrp: None,

@@ -23,6 +23,9 @@ pub const FALLBACK_NAT_PORTS: (u16, u16) = (20000, 29999);
 pub const MIN_NAT_PORTS: u32 = 64;
 /// A smaller flow table would be exhausted by a handful of busy clients.
 pub const MIN_MAX_FLOWS: u32 = 1024;
+/// A smaller table of half-open connections would lose legitimate
+/// handshakes to a trickle of SYNs.
+pub const MIN_MAX_EMBRYOS: u32 = 1024;
 /// Weights are spread over a Maglev table; larger ones buy nothing.
 pub const MAX_WEIGHT: u32 = 65535;
 /// haproxy's `inter 2s rise 2 fall 3`: a dead apiserver is out after ~6s,
@@ -53,6 +56,9 @@ pub struct Config {
     /// NAT source ports, per SNAT address and backend.
     pub nat_ports: NatPorts,
     pub max_flows: u32,
+    /// Size of the table of half-open TCP connections (EMBRYOS, an LRU:
+    /// a flood evicts the oldest).
+    pub max_embryos: u32,
     /// On SIGTERM leave the program attached and the maps pinned.
     pub keep_dataplane: bool,
     /// Add the VIPs to the interface at start and remove them at exit.

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     maglev::{ENTRIES_PER_BACKEND, MAX_TABLE_SIZE, TABLE_SIZES},
-    maps::DEFAULT_MAX_FLOWS,
+    maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS},
     service::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_IPS},
 };
 
@@ -31,6 +31,7 @@ pub(super) struct Draft {
     pub(super) snat_ips: SnatIps,
     pub(super) nat_ports: NatPorts,
     pub(super) max_flows: u32,
+    pub(super) max_embryos: u32,
     pub(super) keep_dataplane: bool,
     pub(super) assign_vip: bool,
     pub(super) maglev_table_size: Option<(u32, Loc)>,
@@ -117,6 +118,7 @@ impl Draft {
             snat_ips: SnatIps::default(),
             nat_ports: NatPorts::Auto,
             max_flows: DEFAULT_MAX_FLOWS,
+            max_embryos: DEFAULT_MAX_EMBRYOS,
             keep_dataplane: false,
             assign_vip: true,
             maglev_table_size: None,
@@ -144,6 +146,9 @@ impl Draft {
         }
         if let Some(n) = flags.max_flows {
             self.max_flows = n;
+        }
+        if let Some(n) = flags.max_embryos {
+            self.max_embryos = n;
         }
         if let Some(keep) = flags.keep_dataplane {
             self.keep_dataplane = keep;
@@ -305,6 +310,7 @@ impl Draft {
             snat_ips,
             nat_ports: self.nat_ports,
             max_flows: self.max_flows,
+            max_embryos: self.max_embryos,
             keep_dataplane: self.keep_dataplane,
             assign_vip: self.assign_vip,
             maglev_table_size: table_size,

@@ -12,6 +12,7 @@ const FULL: &str = r#"
 snat_ip = "192.168.31.71"
 nat_ports = "30000-30999"
 max_flows = 65536
+max_embryos = 262144
 keep_dataplane = true
 assign_vip = false
 maglev_table_size = 65521
@@ -109,6 +110,7 @@ fn full_file() {
             snat_ips: vec![Ipv4Addr::new(192, 168, 31, 71)],
             nat_ports: NatPorts::Range(30000, 30999),
             max_flows: 65536,
+            max_embryos: 262_144,
             keep_dataplane: true,
             assign_vip: false,
             maglev_table_size: 65521,
@@ -324,6 +326,13 @@ fn file_errors_name_file_line_and_value() {
                 service("10.0.0.100", &["10.0.0.1:6443"])
             ),
             format!("{FILE}:1: max_flows 1000 is below the minimum of 1024"),
+        ),
+        (
+            format!(
+                "max_embryos = 1000\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:1: max_embryos 1000 is below the minimum of 1024"),
         ),
         (
             format!(
