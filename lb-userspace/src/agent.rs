@@ -10,7 +10,7 @@
 //! ([`crate::admin`]), whose commands come back in as events.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
     sync::Arc,
     time::{Duration, Instant},
@@ -19,9 +19,9 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, xdp::DevMapHash};
 use lb_common::{
-    flow::{Flow, FlowKey},
+    flow::{Embryo, Flow, FlowKey},
     maps,
-    stats::{Counter, ReasonTotals, Traffic},
+    stats::{Counter, EmbryoStats, ReasonTotals, Traffic},
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Level, error, info, warn};
@@ -31,7 +31,8 @@ use crate::{
     cli::{Admin, Args, DEFAULT_ADMIN},
     config::{Config, NatPorts, OnDown},
     flowlog::FlowLog,
-    flows, health,
+    flows::{self, NatUse, NatWatch},
+    health,
     health::Health,
     loader::{Dataplane, LoadOptions},
     maps::{ControlMaps, ControlPlane, take},
@@ -313,6 +314,9 @@ fn snat_pool(config: &Config, iface: &str) -> Result<Vec<Ipv4Addr>> {
     Ok(config.snat_ips.clone())
 }
 
+/// How often the agent may say that one backend's NAT ports run out.
+const NAT_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// The NAT ports for `configured` on this node, reserved where they
 /// overlap the kernel's ephemeral ports, each step logged.
 fn nat_ports(configured: NatPorts) -> Result<NatPortChoice> {
@@ -384,6 +388,14 @@ struct Agent {
     last: ReasonTotals,
     /// FLOWS entries and connections the last ageing pass saw.
     flows_seen: Option<(usize, usize)>,
+    embryos: BpfHashMap<MapData, FlowKey, Embryo>,
+    embryo_stats: PerCpuArray<MapData, EmbryoStats>,
+    /// EMBRYOS entries the last ageing pass saw.
+    embryos_seen: Option<usize>,
+    /// NAT ports in use per backend id, as of the last ageing pass.
+    nat_use: Option<BTreeMap<u32, NatUse>>,
+    /// Which backends' NAT ports running out was said, and when.
+    nat_watch: NatWatch,
     /// Recent events and reload outcomes, for the admin endpoint.
     journal: Journal,
     /// Where the snapshots for the admin endpoint go.
@@ -473,6 +485,11 @@ impl Agent {
             backend_stats: take(dp.ebpf_mut(), maps::BACKEND_STATS)?,
             last: ReasonTotals::default(),
             flows_seen: None,
+            embryos: take(dp.ebpf_mut(), maps::EMBRYOS)?,
+            embryo_stats: take(dp.ebpf_mut(), maps::EMBRYO_STATS)?,
+            embryos_seen: None,
+            nat_use: None,
+            nat_watch: NatWatch::new(NAT_WARN_EVERY),
             journal: Journal::default(),
             published,
             started: Instant::now(),
@@ -837,10 +854,21 @@ impl Agent {
     }
 
     fn age(&mut self) {
+        let half_open = match flows::half_open(&self.embryos) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.warn_once("EMBRYOS", &format!("{e:#}"));
+                None
+            }
+        };
+        self.embryos_seen = half_open.as_ref().map(|h| h.entries);
         let c = &self.config;
         let mut swept = flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s);
         if let Ok(s) = &swept {
             self.flows_seen = Some((s.entries, s.connections));
+            let none = BTreeMap::new();
+            let half_open = half_open.as_ref().map_or(&none, |h| &h.nat_ports);
+            self.nat_use = Some(flows::nat_use(&s.nat_ports, half_open));
         }
         if let (Ok(s), Some(log)) = (&mut swept, &self.flow_log) {
             log.ended(std::mem::take(&mut s.ended));
@@ -862,6 +890,49 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => warn!("flow ageing: {e:#}"),
+        }
+        self.warn_nat_ports();
+    }
+
+    /// Warns of each backend whose established connections hold most of
+    /// its NAT ports, at most once per [`NAT_WARN_EVERY`] each: past all of
+    /// them its new connections fail.
+    fn warn_nat_ports(&mut self) {
+        let Some(usage) = &self.nat_use else {
+            return;
+        };
+        let capacity = self.nat.capacity();
+        let due = self.nat_watch.due(usage, capacity, Instant::now());
+        let mut said = Vec::new();
+        for id in due {
+            let u = usage[&id];
+            let backend = self
+                .config
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .find(|b| self.reconciler.backend_id_of(b.addr) == Some(id))
+                .map_or_else(
+                    || format!("backend id {id}"),
+                    |b| match b.name == b.addr.to_string() {
+                        true => format!("backend {}", b.addr),
+                        false => format!("backend {} ({})", b.name, b.addr),
+                    },
+                );
+            said.push(format!(
+                "{backend}: {} of its {capacity} NAT ports ({:.0} %) are held by established \
+                 connections, {} more by half-open ones; once all are held, new connections to it \
+                 fail (drop_nat_ports_exhausted). Add SNAT addresses (snat_ips: each brings {} \
+                 ports), or widen nat_ports (for auto, lower the start of \
+                 net.ipv4.ip_local_port_range)",
+                u.established,
+                f64::from(u.established) * 100.0 / f64::from(capacity.max(1)),
+                u.half_open,
+                self.nat.ports.count()
+            ));
+        }
+        for line in said {
+            self.record(Level::WARN, line);
         }
     }
 
