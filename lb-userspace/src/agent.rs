@@ -715,9 +715,12 @@ impl Agent {
             && reset
             && let Some(id) = self.reconciler.backend_id_of(target.backend)
         {
-            match flows::reset_backend(&mut self.flows, id) {
+            match flows::reset_backend(&mut self.flows, &mut self.embryos, id) {
                 Ok(r) => {
-                    warn!("{name}: reset {} flows (on_down = reset)", r.removed);
+                    warn!(
+                        "{name}: reset {} flows and {} half-open entries (on_down = reset)",
+                        r.removed, r.half_open
+                    );
                     if let Some(log) = &self.flow_log {
                         log.ended(r.ended);
                     }

@@ -344,14 +344,38 @@ impl NatWatch {
 pub struct Reset {
     /// Flow entries (two per NATed connection).
     pub removed: usize,
-    /// The connections, for the flow log.
+    /// Half-open entries (EMBRYOS, two per connection).
+    pub half_open: usize,
+    /// The connections, for the flow log (half-open ones were never in
+    /// it: it hears of a TCP connection when its handshake completes).
     pub ended: Vec<Ended>,
 }
 
-/// Removes every flow (both halves) of one backend: its clients' next
-/// packets start new flows on healthy backends, which answer with a reset,
-/// so the clients reconnect at once instead of waiting on a dead peer.
-pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32) -> Result<Reset> {
+/// Removes every flow (both halves) of one backend, established and
+/// half-open: its clients' next packets start new flows on healthy
+/// backends, which answer with a reset, so the clients reconnect at once
+/// instead of waiting on a dead peer; and a retransmitted SYN, which
+/// would follow its half-open entry to the dead backend until the entry
+/// is evicted, picks a healthy one.
+pub fn reset_backend(
+    map: &mut BpfHashMap<MapData, FlowKey, Flow>,
+    embryos: &mut BpfHashMap<MapData, FlowKey, Embryo>,
+    backend: u32,
+) -> Result<Reset> {
+    use std::os::fd::AsFd as _;
+    // Half-open first: one promoted meanwhile is in FLOWS when that is
+    // read. No new one names the backend: the caller has taken it out of
+    // the Maglev table already.
+    let embryo_fd = embryos.map().fd().as_fd();
+    let half_open: Vec<(FlowKey, Embryo)> = batch::lookup_all(embryo_fd)
+        .context("reading the table of half-open connections (EMBRYOS)")?;
+    let doomed: Vec<FlowKey> = half_open
+        .iter()
+        .filter(|(_, e)| e.flow.backend == backend)
+        .map(|(k, _)| *k)
+        .collect();
+    let half_open =
+        batch::delete(embryo_fd, &doomed).context("removing a backend's half-open connections")?;
     let flows: Vec<(FlowKey, Flow)> =
         batch::lookup_all(fd(map)).context("reading the flow table")?;
     let mine: Vec<&(FlowKey, Flow)> = flows.iter().filter(|(_, f)| f.backend == backend).collect();
@@ -366,7 +390,11 @@ pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32)
             how: End::Reset,
         })
         .collect();
-    Ok(Reset { removed, ended })
+    Ok(Reset {
+        removed,
+        half_open,
+        ended,
+    })
 }
 
 fn fd(map: &BpfHashMap<MapData, FlowKey, Flow>) -> std::os::fd::BorrowedFd<'_> {
@@ -681,7 +709,7 @@ mod tests {
     fn half_open_reads_a_kernel_lru_map() {
         let mut m = batch::TestMap::new(
             "lru_hash",
-            "EMBRYOS",
+            "EMBRYOS_COUNT",
             size_of::<FlowKey>(),
             size_of::<Embryo>(),
             8192,
@@ -706,6 +734,65 @@ mod tests {
         assert_eq!(
             h.nat_ports,
             BTreeMap::from([(0, 1000), (1, 1000), (2, 1000)])
+        );
+    }
+
+    /// on_down = reset: both tables lose the backend's entries, and only
+    /// its; the flow log hears of its established connections.
+    #[test]
+    fn reset_removes_a_backends_flows_and_half_open_connections() {
+        // Names of their own: each test's maps go in a directory named
+        // after them, and tests run in parallel.
+        let mut f =
+            batch::TestMap::hash("FLOWS_RESET", size_of::<FlowKey>(), size_of::<Flow>(), 64);
+        let mut e = batch::TestMap::new(
+            "lru_hash",
+            "EMBRYOS_RESET",
+            size_of::<FlowKey>(),
+            size_of::<Embryo>(),
+            64,
+        );
+        let mut flows: BpfHashMap<MapData, FlowKey, Flow> = f.take();
+        let mut embryos: BpfHashMap<MapData, FlowKey, Embryo> = e.take();
+        for (port, backend) in [(1, 7), (2, 8)] {
+            for (k, flow) in pair(port, 5, 5, SEEN_SYN | SEEN_ACK, SEEN_ACK) {
+                flows.insert(k, Flow { backend, ..flow }, 0).unwrap();
+            }
+        }
+        for (port, backend) in [(3, 7), (4, 7), (5, 8)] {
+            for (k, flow) in pair(port, 5, 0, SEEN_SYN, 0) {
+                let flow = Flow { backend, ..flow };
+                embryos
+                    .insert(
+                        k,
+                        Embryo {
+                            flow,
+                            ..Embryo::default()
+                        },
+                        0,
+                    )
+                    .unwrap();
+            }
+        }
+        let r = reset_backend(&mut flows, &mut embryos, 7).unwrap();
+        assert_eq!((r.removed, r.half_open), (2, 4));
+        assert_eq!(r.ended.len(), 1);
+        assert_eq!(
+            (r.ended[0].key, r.ended[0].how),
+            (pair(1, 0, 0, 0, 0)[0].0, End::Reset)
+        );
+        let left = |backends: Vec<u32>| {
+            let mut b = backends;
+            b.sort_unstable();
+            b
+        };
+        assert_eq!(
+            left(flows.iter().map(|r| r.unwrap().1.backend).collect()),
+            [8, 8]
+        );
+        assert_eq!(
+            left(embryos.iter().map(|r| r.unwrap().1.flow.backend).collect()),
+            [8, 8]
         );
     }
 
