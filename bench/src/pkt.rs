@@ -236,7 +236,7 @@ impl Bench {
         let mut reconciler = Reconciler::adopt(ControlMaps::take(&mut ebpf)?, table)?;
         let addrs: Vec<SocketAddrV4> = (0..backends).map(|n| addr(backend_ip(n), PORT)).collect();
         reconciler.apply(&Desired {
-            snat_ip: SNAT,
+            snat_ips: vec![SNAT],
             nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
             active: true,
             ticks_per_s: lb_common::clock::ticks_per_s(std::time::Duration::from_millis(200))?,

@@ -10,7 +10,7 @@
 //! ([`crate::admin`]), whose commands come back in as events.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
     sync::Arc,
     time::{Duration, Instant},
@@ -19,9 +19,9 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, xdp::DevMapHash};
 use lb_common::{
-    flow::{Flow, FlowKey},
+    flow::{Embryo, Flow, FlowKey},
     maps,
-    stats::{Counter, ReasonTotals, Traffic},
+    stats::{Counter, EmbryoStats, ReasonTotals, Traffic},
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Level, error, info, warn};
@@ -29,13 +29,14 @@ use tracing::{Level, error, info, warn};
 use crate::{
     admin::{self, Status, status::Journal},
     cli::{Admin, Args, DEFAULT_ADMIN},
-    config::{Config, OnDown},
+    config::{Config, NatPorts, OnDown},
     flowlog::FlowLog,
-    flows, health,
+    flows::{self, NatUse, NatWatch},
+    health,
     health::Health,
     loader::{Dataplane, LoadOptions},
     maps::{ControlMaps, ControlPlane, take},
-    node,
+    node::{self, NatPortChoice},
     plan::{self, Desired, Inputs, Role, service_key},
     preflight,
     reconcile::Reconciler,
@@ -144,16 +145,13 @@ pub async fn run(args: Args) -> Result<()> {
         },
     };
 
-    let snat_ip = match config.snat_ip {
-        Some(ip) => ip,
-        None => node::primary_ipv4(args.iface(), &vips)?,
-    };
     for line in node::prepare_forwarding(args.iface())? {
         info!("sysctl {line}");
     }
-    if let Some(line) = node::reserve_ports(config.nat_ports.0, config.nat_ports.1)? {
-        info!("{line}");
-    }
+    let nat = NatSource {
+        snat_ips: snat_pool(&config, args.iface())?,
+        ports: nat_ports(config.nat_ports)?,
+    };
 
     let peer = match xdp_mode::veth_peer(args.iface()).await {
         Ok(peer) => peer,
@@ -175,6 +173,7 @@ pub async fn run(args: Args) -> Result<()> {
         why: &choice.reason,
         pin_dir: pin_dir.clone(),
         max_flows: config.max_flows,
+        max_embryos: config.max_embryos,
         table_size: config.maglev_table_size,
         flow_log: args.flow_log_limit(),
     })?;
@@ -187,7 +186,7 @@ pub async fn run(args: Args) -> Result<()> {
     let agent = match Agent::start(
         &args,
         config,
-        snat_ip,
+        nat,
         ticks_per_s,
         &mut dp,
         tx.clone(),
@@ -291,6 +290,84 @@ async fn leave(
     anyhow::anyhow!("xdplb stopped ({why})")
 }
 
+/// The SNAT pool `config` asks for: its addresses, or the primary address
+/// of `iface`. Warns of a configured address the node does not hold: the
+/// backends send their replies to it, and the kernel answers ARP only for
+/// the node's own addresses (xdplb adds VIPs, not SNAT addresses, as it
+/// never added `snat_ip`). An address of a VRRP instance is exempt: it
+/// comes and goes with mastership.
+fn snat_pool(config: &Config, iface: &str) -> Result<Vec<Ipv4Addr>> {
+    if config.snat_ips.is_empty() {
+        let vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+        return Ok(vec![node::primary_ipv4(iface, &vips)?]);
+    }
+    let local = node::local_ipv4s()?;
+    for ip in &config.snat_ips {
+        let floating = config.vrrp.iter().any(|v| v.vips.contains(ip));
+        if !local.contains(ip) && !floating {
+            warn!(
+                "SNAT address {ip} is not an address of this node: backends reply to it, and the \
+                 node answers ARP only for its own addresses; add it (ip addr add {ip}/32 dev {iface})"
+            );
+        }
+    }
+    Ok(config.snat_ips.clone())
+}
+
+/// How often the agent may say that one backend's NAT ports run out.
+const NAT_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The NAT ports for `configured` on this node, reserved where they
+/// overlap the kernel's ephemeral ports, each step logged.
+fn nat_ports(configured: NatPorts) -> Result<NatPortChoice> {
+    let (choice, reserved) = node::nat_ports(configured)?;
+    if let Some(w) = &choice.warning {
+        warn!("{w}");
+    }
+    if let Some(line) = reserved {
+        info!("{line}");
+    }
+    Ok(choice)
+}
+
+/// Where NATed connections come from: the SNAT pool and the ports of each
+/// address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NatSource {
+    /// The pool (configured, or the interface's primary address).
+    snat_ips: Vec<Ipv4Addr>,
+    ports: NatPortChoice,
+}
+
+impl NatSource {
+    /// Concurrent connections one backend can take: a NAT port is unique
+    /// per (SNAT address, backend), so each address brings every port.
+    fn capacity(&self) -> u32 {
+        self.ports.count() * self.snat_ips.len() as u32
+    }
+}
+
+/// The start-up line: `full-NAT source 10.0.0.2, 10.0.0.3, NAT ports
+/// 1024-32767 (auto: ...): 31744 ports × 2 addresses = 63488 connections
+/// per backend`.
+impl std::fmt::Display for NatSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.snat_ips.iter().map(Ipv4Addr::to_string).collect();
+        let (lo, hi) = self.ports.ports;
+        write!(
+            f,
+            "full-NAT source {}, NAT ports {lo}-{hi} ({}): {} ports × {} address{} = {} \
+             connections per backend",
+            list.join(", "),
+            self.ports.why,
+            self.ports.count(),
+            self.snat_ips.len(),
+            if self.snat_ips.len() == 1 { "" } else { "es" },
+            self.capacity()
+        )
+    }
+}
+
 /// The loop's state: the inputs of the plan and the writers of its result.
 struct Agent {
     args: Args,
@@ -298,7 +375,7 @@ struct Agent {
     health: Health<Event>,
     drained: BTreeSet<SocketAddrV4>,
     role: Role,
-    snat_ip: Ipv4Addr,
+    nat: NatSource,
     ticks_per_s: u32,
     /// The node's addresses as last read (kept when a read fails).
     local: BTreeSet<Ipv4Addr>,
@@ -311,6 +388,14 @@ struct Agent {
     last: ReasonTotals,
     /// FLOWS entries and connections the last ageing pass saw.
     flows_seen: Option<(usize, usize)>,
+    embryos: BpfHashMap<MapData, FlowKey, Embryo>,
+    embryo_stats: PerCpuArray<MapData, EmbryoStats>,
+    /// EMBRYOS entries the last ageing pass saw.
+    embryos_seen: Option<usize>,
+    /// NAT ports in use per backend id, as of the last ageing pass.
+    nat_use: Option<BTreeMap<u32, NatUse>>,
+    /// Which backends' NAT ports running out was said, and when.
+    nat_watch: NatWatch,
     /// Recent events and reload outcomes, for the admin endpoint.
     journal: Journal,
     /// Where the snapshots for the admin endpoint go.
@@ -330,7 +415,7 @@ impl Agent {
     async fn start(
         args: &Args,
         config: Config,
-        snat_ip: Ipv4Addr,
+        nat: NatSource,
         ticks_per_s: u32,
         dp: &mut Dataplane,
         tx: mpsc::UnboundedSender<Event>,
@@ -389,7 +474,7 @@ impl Agent {
             } else {
                 Role::Master
             },
-            snat_ip,
+            nat,
             ticks_per_s,
             local: BTreeSet::new(),
             reconciler,
@@ -400,6 +485,11 @@ impl Agent {
             backend_stats: take(dp.ebpf_mut(), maps::BACKEND_STATS)?,
             last: ReasonTotals::default(),
             flows_seen: None,
+            embryos: take(dp.ebpf_mut(), maps::EMBRYOS)?,
+            embryo_stats: take(dp.ebpf_mut(), maps::EMBRYO_STATS)?,
+            embryos_seen: None,
+            nat_use: None,
+            nat_watch: NatWatch::new(NAT_WARN_EVERY),
             journal: Journal::default(),
             published,
             started: Instant::now(),
@@ -442,7 +532,7 @@ impl Agent {
             // The heartbeat and fencing window now apply.
             agent.converge().await?;
         }
-        info!(%snat_ip, nat_ports = ?agent.config.nat_ports, "full-NAT source");
+        info!("{}", agent.nat);
         agent.write_status();
         Ok(agent)
     }
@@ -457,7 +547,8 @@ impl Agent {
             drained: &self.drained,
             role: self.role,
             local: &self.local,
-            snat_ip: self.snat_ip,
+            snat_ips: &self.nat.snat_ips,
+            nat_ports: self.nat.ports.ports,
             ticks_per_s: self.ticks_per_s,
             fence_after: self.vrrp.as_ref().and_then(Instances::fence_after),
             vrrp_vips: owned.as_ref(),
@@ -624,9 +715,12 @@ impl Agent {
             && reset
             && let Some(id) = self.reconciler.backend_id_of(target.backend)
         {
-            match flows::reset_backend(&mut self.flows, id) {
+            match flows::reset_backend(&mut self.flows, &mut self.embryos, id) {
                 Ok(r) => {
-                    warn!("{name}: reset {} flows (on_down = reset)", r.removed);
+                    warn!(
+                        "{name}: reset {} flows and {} half-open entries (on_down = reset)",
+                        r.removed, r.half_open
+                    );
                     if let Some(log) = &self.flow_log {
                         log.ended(r.ended);
                     }
@@ -657,20 +751,31 @@ impl Agent {
             .map_err(|e| format!("{REJECTED}: {e:#}"))?;
         if new.maglev_table_size != self.config.maglev_table_size
             || new.max_flows != self.config.max_flows
+            || new.max_embryos != self.config.max_embryos
         {
             return Err(format!(
-                "{REJECTED}: maglev_table_size and max_flows size the pinned maps; changing them \
-                 needs a restart"
+                "{REJECTED}: maglev_table_size, max_flows and max_embryos size the pinned maps; \
+                 changing them needs a restart"
             ));
         }
+        let snat_ips =
+            snat_pool(&new, self.args.iface()).map_err(|e| format!("{REJECTED}: {e:#}"))?;
+        // The running ports stay unless the setting changed: "auto" is not
+        // recomputed from a sysctl changed since, under established flows.
+        let ports = match new.nat_ports == self.config.nat_ports {
+            true => self.nat.ports.clone(),
+            false => nat_ports(new.nat_ports).map_err(|e| format!("{REJECTED}: {e:#}"))?,
+        };
         if let Err(e) = self.health.sync(&new) {
             // Put the running checks back as they were.
             let _ = self.health.sync(&self.config);
             return Err(format!("{REJECTED}: {e:#}"));
         }
-        if let Some(ip) = new.snat_ip {
-            self.snat_ip = ip;
+        let nat = NatSource { snat_ips, ports };
+        if nat != self.nat {
+            info!("{nat}");
         }
+        self.nat = nat;
         self.config = new;
         // "reloaded" is said once the new state is in the maps: scripts
         // (and the tests) take the line to mean it is in effect.
@@ -752,10 +857,21 @@ impl Agent {
     }
 
     fn age(&mut self) {
+        let half_open = match flows::half_open(&self.embryos) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.warn_once("EMBRYOS", &format!("{e:#}"));
+                None
+            }
+        };
+        self.embryos_seen = half_open.as_ref().map(|h| h.entries);
         let c = &self.config;
         let mut swept = flows::sweep(&mut self.flows, &c.timeouts, c.max_flows, self.ticks_per_s);
         if let Ok(s) = &swept {
             self.flows_seen = Some((s.entries, s.connections));
+            let none = BTreeMap::new();
+            let half_open = half_open.as_ref().map_or(&none, |h| &h.nat_ports);
+            self.nat_use = Some(flows::nat_use(&s.nat_ports, half_open));
         }
         if let (Ok(s), Some(log)) = (&mut swept, &self.flow_log) {
             log.ended(std::mem::take(&mut s.ended));
@@ -777,6 +893,49 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => warn!("flow ageing: {e:#}"),
+        }
+        self.warn_nat_ports();
+    }
+
+    /// Warns of each backend whose established connections hold most of
+    /// its NAT ports, at most once per [`NAT_WARN_EVERY`] each: past all of
+    /// them its new connections fail.
+    fn warn_nat_ports(&mut self) {
+        let Some(usage) = &self.nat_use else {
+            return;
+        };
+        let capacity = self.nat.capacity();
+        let due = self.nat_watch.due(usage, capacity, Instant::now());
+        let mut said = Vec::new();
+        for id in due {
+            let u = usage[&id];
+            let backend = self
+                .config
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .find(|b| self.reconciler.backend_id_of(b.addr) == Some(id))
+                .map_or_else(
+                    || format!("backend id {id}"),
+                    |b| match b.name == b.addr.to_string() {
+                        true => format!("backend {}", b.addr),
+                        false => format!("backend {} ({})", b.name, b.addr),
+                    },
+                );
+            said.push(format!(
+                "{backend}: {} of its {capacity} NAT ports ({:.0} %) are held by established \
+                 connections, {} more by half-open ones; once all are held, new connections to it \
+                 fail (drop_nat_ports_exhausted). Add SNAT addresses (snat_ips: each brings {} \
+                 ports), or widen nat_ports (for auto, lower the start of \
+                 net.ipv4.ip_local_port_range)",
+                u.established,
+                f64::from(u.established) * 100.0 / f64::from(capacity.max(1)),
+                u.half_open,
+                self.nat.ports.count()
+            ));
+        }
+        for line in said {
+            self.record(Level::WARN, line);
         }
     }
 

@@ -129,6 +129,11 @@ pub struct TestMap {
 #[cfg(test)]
 impl TestMap {
     pub fn hash(name: &str, key: usize, value: usize, entries: u32) -> TestMap {
+        TestMap::new("hash", name, key, value, entries)
+    }
+
+    /// A map of bpftool's `kind` (`hash`, `lru_hash`).
+    pub fn new(kind: &str, name: &str, key: usize, value: usize, entries: u32) -> TestMap {
         // SAFETY: no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -140,7 +145,7 @@ impl TestMap {
         let mut map = TestMap { dir, data: None };
         let pin = format!("{}/{name}", map.dir);
         let made = std::process::Command::new("bpftool")
-            .args(["map", "create", &pin, "type", "hash"])
+            .args(["map", "create", &pin, "type", kind])
             .args(["key", &key.to_string(), "value", &value.to_string()])
             .args(["entries", &entries.to_string(), "name", name])
             .status()
@@ -154,7 +159,7 @@ impl TestMap {
         &mut self,
     ) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
         let data = self.data.take().expect("taken once");
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
     }
 }
 

@@ -15,10 +15,10 @@ use std::{
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    BackendSpec, CheckKind, DEFAULT_PORT, OnDown, Overrides, Proto, VrrpFlags, parse_backend_flag,
-    parse_check_flag, parse_check_interval, parse_check_timeout, parse_duration, parse_fall,
-    parse_max_flows, parse_nat_ports, parse_priority, parse_rise, parse_snat_ip,
-    parse_unicast_peer, parse_vip, parse_vrid,
+    BackendSpec, CheckKind, DEFAULT_PORT, NatPorts, OnDown, Overrides, Proto, VrrpFlags,
+    parse_backend_flag, parse_check_flag, parse_check_interval, parse_check_timeout,
+    parse_duration, parse_fall, parse_max_embryos, parse_max_flows, parse_nat_ports,
+    parse_priority, parse_rise, parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
 };
 use crate::{
     flowlog::{Dest, parse_dest},
@@ -140,20 +140,33 @@ pub struct Args {
     pub on_down: Option<OnDown>,
 
     /// Source address of the packets sent to backends (overrides the file).
-    /// Default: the interface's primary IPv4 address.
+    /// Repeat it for a pool of addresses (at most 16): each adds a full
+    /// range of NAT ports per backend. Default: the interface's primary
+    /// IPv4 address.
     #[arg(long, value_name = "ADDR", value_parser = parse_snat_ip)]
-    pub snat_ip: Option<Ipv4Addr>,
+    pub snat_ip: Vec<Ipv4Addr>,
 
-    /// Source ports used for NAT towards backends, `LO-HI`, at least 64 ports
-    /// from 1024 up (overrides the file). [default: 20000-29999]
-    #[arg(long, value_name = "LO-HI", value_parser = parse_nat_ports)]
-    pub nat_ports: Option<(u16, u16)>,
+    /// Source ports used for NAT towards backends, per SNAT address and
+    /// backend: `LO-HI`, at least 64 ports from 1024 up, or `auto`: the
+    /// largest block from 1024 up outside the kernel's ephemeral range
+    /// (ip_local_port_range; 1024-32767 with the kernel's default)
+    /// (overrides the file). [default: auto]
+    #[arg(long, value_name = "LO-HI|auto", value_parser = parse_nat_ports)]
+    pub nat_ports: Option<NatPorts>,
 
     /// Size of the flow table, at least 1024; each NATed connection takes two
     /// entries; a full table refuses new connections (overrides the file).
     /// [default: 262144]
     #[arg(long, value_name = "N", value_parser = parse_max_flows)]
     pub max_flows: Option<u32>,
+
+    /// Size of the table of half-open TCP connections, at least 1024; each
+    /// takes two entries until the client's ACK completes its handshake. A
+    /// full table evicts the oldest, so a SYN flood cannot fill the flow
+    /// table or lock clients out; a larger one gives handshakes longer
+    /// under a flood (overrides the file). [default: 131072]
+    #[arg(long, value_name = "N", value_parser = parse_max_embryos)]
+    pub max_embryos: Option<u32>,
 
     /// On SIGTERM leave the program attached and its maps pinned, so traffic
     /// keeps flowing until the next xdplb adopts them.
@@ -344,9 +357,10 @@ impl Args {
             rise: self.rise,
             fall: self.fall,
             on_down: self.on_down,
-            snat_ip: self.snat_ip,
+            snat_ips: self.snat_ip.clone(),
             nat_ports: self.nat_ports,
             max_flows: self.max_flows,
+            max_embryos: self.max_embryos,
             // Each flag turns its setting one way only; without it the file
             // decides.
             keep_dataplane: self.keep_dataplane.then_some(true),

@@ -8,12 +8,17 @@
 //! room by expiring what is cheapest to lose: half-open (SYN only) and
 //! closing flows idle for a second.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use lb_common::{
-    flow::{DIR_FORWARD, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_FIN, SEEN_RST},
+    flow::{
+        DIR_FORWARD, DIR_REPLY, Embryo, FLOW_LOCAL, Flow, FlowKey, SEEN_ACK, SEEN_FIN, SEEN_RST,
+    },
     service::PROTO_TCP,
 };
 
@@ -64,6 +69,9 @@ pub struct Sweep {
     pub pressure: bool,
     /// Connections seen closing (FIN or RST) or expired, for the flow log.
     pub ended: Vec<Ended>,
+    /// NAT ports held towards each backend (by id) by the connections the
+    /// sweep left in the table: their reply halves.
+    pub nat_ports: BTreeMap<u32, u32>,
 }
 
 /// How a connection ended, as the flow log says it.
@@ -215,7 +223,120 @@ pub fn sweep(
         entries: snapshot.len(),
         pressure,
         ended,
+        nat_ports: reply_halves(&snapshot, &dead),
     })
+}
+
+/// Reply halves per backend among `flows`, but those in `dead`: one per
+/// NAT port a connection holds (a (SNAT address, port) pair is unique per
+/// backend, so this is how many of a backend's pairs are taken). A local
+/// backend's flows have no reply half and hold no port.
+fn reply_halves(flows: &[(FlowKey, Flow)], dead: &[FlowKey]) -> BTreeMap<u32, u32> {
+    let dead: HashSet<&FlowKey> = dead.iter().collect();
+    let mut by_backend = BTreeMap::new();
+    for (key, flow) in flows {
+        if flow.dir == DIR_REPLY && !dead.contains(key) {
+            *by_backend.entry(flow.backend).or_insert(0) += 1;
+        }
+    }
+    by_backend
+}
+
+/// EMBRYOS as a sweep sees it: half-open connections, and the NAT ports
+/// they hold towards each backend (which a new connection may reclaim).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HalfOpen {
+    /// Entries (two per half-open connection).
+    pub entries: usize,
+    /// Reply halves per backend id.
+    pub nat_ports: BTreeMap<u32, u32>,
+}
+
+/// Reads EMBRYOS whole (in batches: under a flood it is full) and counts
+/// what it holds. Nothing is removed: the kernel evicts, and the data
+/// plane promotes or reclaims.
+pub fn half_open(map: &BpfHashMap<MapData, FlowKey, Embryo>) -> Result<HalfOpen> {
+    use std::os::fd::AsFd as _;
+    let entries: Vec<(FlowKey, Embryo)> = batch::lookup_all(map.map().fd().as_fd())
+        .context("reading the table of half-open connections (EMBRYOS)")?;
+    Ok(count_half_open(&entries))
+}
+
+fn count_half_open(entries: &[(FlowKey, Embryo)]) -> HalfOpen {
+    let mut nat_ports = BTreeMap::new();
+    for (_, e) in entries.iter().filter(|(_, e)| e.flow.dir == DIR_REPLY) {
+        *nat_ports.entry(e.flow.backend).or_insert(0) += 1;
+    }
+    HalfOpen {
+        entries: entries.len(),
+        nat_ports,
+    }
+}
+
+/// NAT ports in use towards one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatUse {
+    /// Held by established connections (FLOWS): never taken from them.
+    pub established: u32,
+    /// Held by half-open ones (EMBRYOS): a new connection that finds no
+    /// free port takes the oldest of these.
+    pub half_open: u32,
+}
+
+/// The two counts by backend id, together.
+pub fn nat_use(
+    established: &BTreeMap<u32, u32>,
+    half_open: &BTreeMap<u32, u32>,
+) -> BTreeMap<u32, NatUse> {
+    let mut all: BTreeMap<u32, NatUse> = BTreeMap::new();
+    for (&id, &n) in established {
+        all.entry(id).or_default().established = n;
+    }
+    for (&id, &n) in half_open {
+        all.entry(id).or_default().half_open = n;
+    }
+    all
+}
+
+/// From this share of a backend's NAT ports held by established
+/// connections on, the agent warns: at 100 % its new connections fail
+/// (`drop_nat_ports_exhausted`), and well before, a new connection's
+/// NAT_PORT_TRIES draws find no free port more and more often.
+pub const NAT_WARN_FILL: f64 = 0.8;
+
+/// Which backends' NAT ports are running out, each said at most once per
+/// `every` (sans-IO: the caller passes the clock).
+#[derive(Debug)]
+pub struct NatWatch {
+    every: Duration,
+    /// When each backend (by id) was last warned about.
+    warned: HashMap<u32, Instant>,
+}
+
+impl NatWatch {
+    pub fn new(every: Duration) -> Self {
+        NatWatch {
+            every,
+            warned: HashMap::new(),
+        }
+    }
+
+    /// The backends whose established connections hold at least
+    /// [`NAT_WARN_FILL`] of `capacity` ports, but for those warned about
+    /// less than `every` ago.
+    pub fn due(&mut self, usage: &BTreeMap<u32, NatUse>, capacity: u32, now: Instant) -> Vec<u32> {
+        let every = self.every;
+        self.warned.retain(|_, at| now.duration_since(*at) < every);
+        let threshold = NAT_WARN_FILL * f64::from(capacity);
+        let mut due = Vec::new();
+        for (&id, u) in usage {
+            if f64::from(u.established) >= threshold && !self.warned.contains_key(&id) {
+                self.warned.insert(id, now);
+                due.push(id);
+            }
+        }
+        due
+    }
 }
 
 /// What [`reset_backend`] removed.
@@ -223,14 +344,38 @@ pub fn sweep(
 pub struct Reset {
     /// Flow entries (two per NATed connection).
     pub removed: usize,
-    /// The connections, for the flow log.
+    /// Half-open entries (EMBRYOS, two per connection).
+    pub half_open: usize,
+    /// The connections, for the flow log (half-open ones were never in
+    /// it: it hears of a TCP connection when its handshake completes).
     pub ended: Vec<Ended>,
 }
 
-/// Removes every flow (both halves) of one backend: its clients' next
-/// packets start new flows on healthy backends, which answer with a reset,
-/// so the clients reconnect at once instead of waiting on a dead peer.
-pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32) -> Result<Reset> {
+/// Removes every flow (both halves) of one backend, established and
+/// half-open: its clients' next packets start new flows on healthy
+/// backends, which answer with a reset, so the clients reconnect at once
+/// instead of waiting on a dead peer; and a retransmitted SYN, which
+/// would follow its half-open entry to the dead backend until the entry
+/// is evicted, picks a healthy one.
+pub fn reset_backend(
+    map: &mut BpfHashMap<MapData, FlowKey, Flow>,
+    embryos: &mut BpfHashMap<MapData, FlowKey, Embryo>,
+    backend: u32,
+) -> Result<Reset> {
+    use std::os::fd::AsFd as _;
+    // Half-open first: one promoted meanwhile is in FLOWS when that is
+    // read. No new one names the backend: the caller has taken it out of
+    // the Maglev table already.
+    let embryo_fd = embryos.map().fd().as_fd();
+    let half_open: Vec<(FlowKey, Embryo)> = batch::lookup_all(embryo_fd)
+        .context("reading the table of half-open connections (EMBRYOS)")?;
+    let doomed: Vec<FlowKey> = half_open
+        .iter()
+        .filter(|(_, e)| e.flow.backend == backend)
+        .map(|(k, _)| *k)
+        .collect();
+    let half_open =
+        batch::delete(embryo_fd, &doomed).context("removing a backend's half-open connections")?;
     let flows: Vec<(FlowKey, Flow)> =
         batch::lookup_all(fd(map)).context("reading the flow table")?;
     let mine: Vec<&(FlowKey, Flow)> = flows.iter().filter(|(_, f)| f.backend == backend).collect();
@@ -245,7 +390,11 @@ pub fn reset_backend(map: &mut BpfHashMap<MapData, FlowKey, Flow>, backend: u32)
             how: End::Reset,
         })
         .collect();
-    Ok(Reset { removed, ended })
+    Ok(Reset {
+        removed,
+        half_open,
+        ended,
+    })
 }
 
 fn fd(map: &BpfHashMap<MapData, FlowKey, Flow>) -> std::os::fd::BorrowedFd<'_> {
@@ -474,6 +623,206 @@ mod tests {
         assert_eq!(dead_clients.len(), 2);
         // Without pressure, the same table keeps all three.
         assert!(expired(&flows, at(now), &Timeouts::default()).0.is_empty());
+    }
+
+    /// Reply halves are NAT ports: counted per backend, but for the ones
+    /// this sweep removes; a local backend's flow holds none.
+    #[test]
+    fn nat_ports_in_use_are_the_reply_halves_that_stay() {
+        let with_backend = |mut p: [(FlowKey, Flow); 2], id| {
+            p[0].1.backend = id;
+            p[1].1.backend = id;
+            p
+        };
+        let mut flows = Vec::new();
+        flows.extend(with_backend(pair(1, 0, 0, 0, 0), 7));
+        flows.extend(with_backend(pair(2, 0, 0, 0, 0), 7));
+        flows.extend(with_backend(pair(3, 0, 0, 0, 0), 9));
+        let mut local = pair(4, 0, 0, 0, 0)[0];
+        local.1.backend = 9;
+        local.1.flags = FLOW_LOCAL;
+        flows.push(local);
+        assert_eq!(reply_halves(&flows, &[]), BTreeMap::from([(7, 2), (9, 1)]));
+        let dead = [flows[2].0, flows[3].0];
+        assert_eq!(
+            reply_halves(&flows, &dead),
+            BTreeMap::from([(7, 1), (9, 1)])
+        );
+    }
+
+    #[test]
+    fn half_open_ports_are_the_embryos_reply_halves() {
+        let embryo = |(key, flow): (FlowKey, Flow), backend| {
+            (
+                key,
+                Embryo {
+                    flow: Flow { backend, ..flow },
+                    ..Embryo::default()
+                },
+            )
+        };
+        let [a, b] = pair(1, 0, 0, 0, 0);
+        let [c, d] = pair(2, 0, 0, 0, 0);
+        let [e, _] = pair(3, 0, 0, 0, 0);
+        // A forward half whose reply half was evicted holds no port.
+        let entries = [
+            embryo(a, 3),
+            embryo(b, 3),
+            embryo(c, 3),
+            embryo(d, 3),
+            embryo(e, 4),
+        ];
+        assert_eq!(
+            count_half_open(&entries),
+            HalfOpen {
+                entries: 5,
+                nat_ports: BTreeMap::from([(3, 2)]),
+            }
+        );
+        let both = nat_use(
+            &BTreeMap::from([(3, 10), (5, 1)]),
+            &BTreeMap::from([(3, 2)]),
+        );
+        assert_eq!(
+            both,
+            BTreeMap::from([
+                (
+                    3,
+                    NatUse {
+                        established: 10,
+                        half_open: 2
+                    }
+                ),
+                (
+                    5,
+                    NatUse {
+                        established: 1,
+                        half_open: 0
+                    }
+                ),
+            ])
+        );
+    }
+
+    /// The count on a real LRU map, read in batches as under a flood.
+    #[test]
+    fn half_open_reads_a_kernel_lru_map() {
+        let mut m = batch::TestMap::new(
+            "lru_hash",
+            "EMBRYOS_COUNT",
+            size_of::<FlowKey>(),
+            size_of::<Embryo>(),
+            8192,
+        );
+        let mut map: BpfHashMap<MapData, FlowKey, Embryo> = m.take();
+        for port in 0..3000u16 {
+            let [(fk, f), (rk, r)] = pair(0, 0, 0, 0, 0);
+            let sport = port.to_be_bytes();
+            let fk = FlowKey { sport, ..fk };
+            let rk = FlowKey { dport: sport, ..rk };
+            let backend = u32::from(port % 3);
+            for (k, flow) in [(fk, f), (rk, r)] {
+                let e = Embryo {
+                    flow: Flow { backend, ..flow },
+                    ..Embryo::default()
+                };
+                map.insert(k, e, 0).unwrap();
+            }
+        }
+        let h = half_open(&map).unwrap();
+        assert_eq!(h.entries, 6000);
+        assert_eq!(
+            h.nat_ports,
+            BTreeMap::from([(0, 1000), (1, 1000), (2, 1000)])
+        );
+    }
+
+    /// on_down = reset: both tables lose the backend's entries, and only
+    /// its; the flow log hears of its established connections.
+    #[test]
+    fn reset_removes_a_backends_flows_and_half_open_connections() {
+        // Names of their own: each test's maps go in a directory named
+        // after them, and tests run in parallel.
+        let mut f =
+            batch::TestMap::hash("FLOWS_RESET", size_of::<FlowKey>(), size_of::<Flow>(), 64);
+        let mut e = batch::TestMap::new(
+            "lru_hash",
+            "EMBRYOS_RESET",
+            size_of::<FlowKey>(),
+            size_of::<Embryo>(),
+            64,
+        );
+        let mut flows: BpfHashMap<MapData, FlowKey, Flow> = f.take();
+        let mut embryos: BpfHashMap<MapData, FlowKey, Embryo> = e.take();
+        for (port, backend) in [(1, 7), (2, 8)] {
+            for (k, flow) in pair(port, 5, 5, SEEN_SYN | SEEN_ACK, SEEN_ACK) {
+                flows.insert(k, Flow { backend, ..flow }, 0).unwrap();
+            }
+        }
+        for (port, backend) in [(3, 7), (4, 7), (5, 8)] {
+            for (k, flow) in pair(port, 5, 0, SEEN_SYN, 0) {
+                let flow = Flow { backend, ..flow };
+                embryos
+                    .insert(
+                        k,
+                        Embryo {
+                            flow,
+                            ..Embryo::default()
+                        },
+                        0,
+                    )
+                    .unwrap();
+            }
+        }
+        let r = reset_backend(&mut flows, &mut embryos, 7).unwrap();
+        assert_eq!((r.removed, r.half_open), (2, 4));
+        assert_eq!(r.ended.len(), 1);
+        assert_eq!(
+            (r.ended[0].key, r.ended[0].how),
+            (pair(1, 0, 0, 0, 0)[0].0, End::Reset)
+        );
+        let left = |backends: Vec<u32>| {
+            let mut b = backends;
+            b.sort_unstable();
+            b
+        };
+        assert_eq!(
+            left(flows.iter().map(|r| r.unwrap().1.backend).collect()),
+            [8, 8]
+        );
+        assert_eq!(
+            left(embryos.iter().map(|r| r.unwrap().1.flow.backend).collect()),
+            [8, 8]
+        );
+    }
+
+    /// From 80 % of a backend's ports held by established connections, a
+    /// warning, then none for that backend for a minute whatever the count
+    /// does; half-open ports do not count (they are reclaimed).
+    #[test]
+    fn nat_ports_running_out_are_said_once_a_minute_per_backend() {
+        let use_of = |established, half_open| NatUse {
+            established,
+            half_open,
+        };
+        let mut w = NatWatch::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let usage = BTreeMap::from([
+            (1, use_of(799, 500)),
+            (2, use_of(800, 0)),
+            (3, use_of(1000, 0)),
+        ]);
+        assert_eq!(w.due(&usage, 1000, at(0)), [2, 3]);
+        assert_eq!(w.due(&usage, 1000, at(30)), Vec::<u32>::new());
+        let usage = BTreeMap::from([(1, use_of(900, 0)), (2, use_of(900, 0))]);
+        assert_eq!(w.due(&usage, 1000, at(59)), [1], "1 is new; 2 was said");
+        assert_eq!(w.due(&usage, 1000, at(60)), [2], "a minute on");
+        assert_eq!(
+            w.due(&usage, 2000, at(200)),
+            Vec::<u32>::new(),
+            "a larger pool"
+        );
     }
 
     #[test]

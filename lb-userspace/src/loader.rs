@@ -54,6 +54,7 @@ pub struct LoadOptions<'a> {
     pub why: &'a str,
     pub pin_dir: PathBuf,
     pub max_flows: u32,
+    pub max_embryos: u32,
     pub table_size: u32,
     pub flow_log: FlowLogLimit,
 }
@@ -76,12 +77,18 @@ impl Dataplane {
             why,
             pin_dir,
             max_flows,
+            max_embryos,
             table_size,
             flow_log,
         } = opts;
         let link_path = pin_dir.join(maps::LINK_PIN);
         let adopting = link_path.exists();
-        let mut ebpf = load_object_with(XDPLB_OBJECT, &pin_dir, max_flows, table_size, flow_log)?;
+        let sizes = MapSizes {
+            max_flows,
+            max_embryos,
+            table_size,
+        };
+        let mut ebpf = load_object_with(XDPLB_OBJECT, &pin_dir, sizes, flow_log)?;
         let prog: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .ok_or_else(|| anyhow!("no program '{}' in the object", maps::XDP_PROGRAM))?
@@ -149,32 +156,49 @@ impl Dataplane {
 }
 
 /// Loads `object` with its maps sized and pinned as the agent's are: FLOWS
-/// of `max_flows` entries, MAGLEV with room for every service's two tables
-/// of `table_size` ([`crate::maps::maglev_slots`]), each map pinned by name
+/// of `max_flows` entries, EMBRYOS of the default size
+/// ([`maps::DEFAULT_MAX_EMBRYOS`]), MAGLEV with room for every service's
+/// two tables of `table_size` ([`crate::maps::maglev_slots`]), each map pinned by name
 /// in `pin_dir` (a pinned one is reused, after checking it was made for
 /// this layout). `object` is [`XDPLB_OBJECT`], or one built around the same
 /// program and maps (the benchmark's wrappers); its programs are not loaded
 /// into the kernel yet. One place for these settings, so the lab's tests
 /// and the benchmark load the data plane the agent runs, not a copy.
 pub fn load_object(object: &[u8], pin_dir: &Path, max_flows: u32, table_size: u32) -> Result<Ebpf> {
-    load_object_with(object, pin_dir, max_flows, table_size, FlowLogLimit::OFF)
+    let sizes = MapSizes {
+        max_flows,
+        max_embryos: maps::DEFAULT_MAX_EMBRYOS,
+        table_size,
+    };
+    load_object_with(object, pin_dir, sizes, FlowLogLimit::OFF)
 }
 
-/// [`load_object`] with the flow log's rate limit set into the program
-/// (load-time constants: the verifier drops the flow log's code when it
-/// is off).
+/// The sizes the agent's configuration gives the maps.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// FLOWS' entries (`max_flows`).
+    pub max_flows: u32,
+    /// EMBRYOS' entries (`max_embryos`).
+    pub max_embryos: u32,
+    /// Slots of each Maglev table (`maglev_table_size`).
+    pub table_size: u32,
+}
+
+/// [`load_object`] with every size given, and the flow log's rate limit
+/// set into the program (load-time constants: the verifier drops the flow
+/// log's code when it is off).
 pub fn load_object_with(
     object: &[u8],
     pin_dir: &Path,
-    max_flows: u32,
-    table_size: u32,
+    sizes: MapSizes,
     flow_log: FlowLogLimit,
 ) -> Result<Ebpf> {
     check_pinned_maps(pin_dir)?;
     let mut loader = EbpfLoader::new();
     loader
-        .map_max_entries(maps::FLOWS, max_flows)
-        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(table_size))
+        .map_max_entries(maps::FLOWS, sizes.max_flows)
+        .map_max_entries(maps::EMBRYOS, sizes.max_embryos)
+        .map_max_entries(maps::MAGLEV, crate::maps::maglev_slots(sizes.table_size))
         .override_global(maps::FLOW_LOG_RATE, &flow_log.rate, true)
         .override_global(maps::FLOW_LOG_BURST, &flow_log.burst, true);
     // BTF maps (lb-ebpf/src/maps.rs) carry no `pinning` attribute in
@@ -195,11 +219,12 @@ pub fn load_object_with(
 
 /// The maps whose layout this build defines (lb-common's types), as the
 /// kernel must hold them for this program.
-fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 9] {
     use lb_common::{
-        flow::{Flow, FlowKey},
+        flow::{Embryo, Flow, FlowKey},
         flowlog::FlowLogCpu,
         service::{Backend, DataplaneConfig, Service, ServiceKey},
+        stats::EmbryoStats,
     };
     use std::mem::size_of;
     [
@@ -208,6 +233,12 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
             MapType::Hash,
             size_of::<FlowKey>(),
             size_of::<Flow>(),
+        ),
+        (
+            maps::EMBRYOS,
+            MapType::LruHash,
+            size_of::<FlowKey>(),
+            size_of::<Embryo>(),
         ),
         (
             maps::SERVICES,
@@ -222,6 +253,13 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
             MapType::Array,
             4,
             size_of::<DataplaneConfig>(),
+        ),
+        (maps::SNAT_IPS, MapType::Array, 4, 4),
+        (
+            maps::EMBRYO_STATS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<EmbryoStats>(),
         ),
         (
             maps::FLOW_LOG_STATE,
@@ -381,4 +419,55 @@ fn attach_and_pin(
         .pin(path)
         .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
     Ok((mode, pinned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product's object, loaded with its maps pinned in a directory of
+    /// our own: every map the layout check knows is pinned, and the pins
+    /// pass the check (the object declares what `expected_layouts` says,
+    /// EMBRYOS an LRU among them), at the sizes the agent asked for.
+    #[test]
+    fn the_object_has_the_expected_layouts() {
+        // SAFETY: no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (creates maps)");
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-loader-test-{}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let sizes = MapSizes {
+            max_flows: 4096,
+            max_embryos: 2048,
+            table_size: 251,
+        };
+        let loaded = load_object_with(XDPLB_OBJECT, &dir, sizes, FlowLogLimit::OFF);
+        let checked = match &loaded {
+            Ok(_) => check_pinned_maps(&dir).map_err(|e| format!("its own pins fail: {e:#}")),
+            Err(e) => Err(format!("loading the object: {e:#}")),
+        };
+        let entries = |name: &str| {
+            MapInfo::from_pin(dir.join(name))
+                .map(|i| i.max_entries())
+                .unwrap_or_default()
+        };
+        let sized = (entries(maps::FLOWS), entries(maps::EMBRYOS));
+        drop(loaded);
+        let _ = fs::remove_dir_all(&dir);
+        if let Err(e) = checked {
+            panic!("{e}");
+        }
+        for (name, ..) in expected_layouts() {
+            assert!(maps::PINNED.contains(&name), "{name} is not pinned");
+        }
+        for name in [maps::EMBRYOS, maps::SNAT_IPS, maps::EMBRYO_STATS] {
+            assert!(
+                expected_layouts().iter().any(|(n, ..)| *n == name),
+                "{name} is not checked"
+            );
+        }
+        assert_eq!(sized, (4096, 2048));
+    }
 }

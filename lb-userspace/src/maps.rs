@@ -18,7 +18,9 @@ use aya::{
 };
 use lb_common::{
     maps as names,
-    service::{Backend, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey},
+    service::{
+        Backend, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_IPS, Service, ServiceKey,
+    },
 };
 
 /// Slots MAGLEV needs for tables of `table_size`: two per service.
@@ -41,6 +43,8 @@ pub fn half_of(table_base: u32, table_size: u32) -> u32 {
 /// data plane takes.
 pub trait ControlPlane {
     fn set_config(&mut self, config: DataplaneConfig) -> Result<()>;
+    /// SNAT_IPS[index]: an address of the SNAT pool.
+    fn set_snat_ip(&mut self, index: u32, ip: [u8; 4]) -> Result<()>;
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()>;
     fn set_slot(&mut self, slot: u32, backend: u32) -> Result<()>;
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()>;
@@ -57,6 +61,8 @@ pub trait ControlPlane {
     fn backends(&self) -> Result<Vec<Backend>>;
     fn slot(&self, slot: u32) -> Result<u32>;
     fn config(&self) -> Result<DataplaneConfig>;
+    /// SNAT_IPS, every entry (past CONFIG's `snat_count` they are unused).
+    fn snat_ips(&self) -> Result<Vec<[u8; 4]>>;
     /// SERVICES' entry for `key`, if there is one.
     fn service(&self, key: &ServiceKey) -> Result<Option<Service>>;
     /// BACKENDS[id].
@@ -85,6 +91,7 @@ pub trait ControlPlane {
 /// The kernel's control maps, typed.
 pub struct ControlMaps {
     pub config: Array<MapData, DataplaneConfig>,
+    pub snat_ips: Array<MapData, [u8; 4]>,
     pub services: BpfHashMap<MapData, ServiceKey, Service>,
     pub backends: Array<MapData, Backend>,
     pub maglev: Array<MapData, u32>,
@@ -97,6 +104,7 @@ impl ControlMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(ControlMaps {
             config: take(ebpf, names::CONFIG)?,
+            snat_ips: take(ebpf, names::SNAT_IPS)?,
             services: take(ebpf, names::SERVICES)?,
             backends: take(ebpf, names::BACKENDS)?,
             maglev: take(ebpf, names::MAGLEV)?,
@@ -119,6 +127,11 @@ pub fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
 impl ControlPlane for ControlMaps {
     fn set_config(&mut self, config: DataplaneConfig) -> Result<()> {
         self.config.set(0, config, 0).context("writing CONFIG")
+    }
+    fn set_snat_ip(&mut self, index: u32, ip: [u8; 4]) -> Result<()> {
+        self.snat_ips
+            .set(index, ip, 0)
+            .with_context(|| format!("writing SNAT_IPS[{index}]"))
     }
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
         self.backends
@@ -175,6 +188,12 @@ impl ControlPlane for ControlMaps {
     fn config(&self) -> Result<DataplaneConfig> {
         self.config.get(&0, 0).context("reading CONFIG")
     }
+    fn snat_ips(&self) -> Result<Vec<[u8; 4]>> {
+        self.snat_ips
+            .iter()
+            .map(|r| r.context("reading SNAT_IPS"))
+            .collect()
+    }
     fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
         match self.services.get(key, 0) {
             Ok(s) => Ok(Some(s)),
@@ -194,6 +213,7 @@ impl ControlPlane for ControlMaps {
 #[derive(Clone, Debug)]
 pub struct MemMaps {
     pub config: DataplaneConfig,
+    pub snat_ips: Vec<[u8; 4]>,
     pub services: BTreeMap<ServiceKey, Service>,
     pub backends: Vec<Backend>,
     pub maglev: Vec<u32>,
@@ -205,6 +225,7 @@ pub struct MemMaps {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Config(DataplaneConfig),
+    SnatIp(u32, [u8; 4]),
     Backend(u32, Backend),
     Slot(u32, u32),
     Service(ServiceKey, Service),
@@ -217,6 +238,7 @@ impl MemMaps {
     pub fn new(table_size: u32) -> Self {
         MemMaps {
             config: DataplaneConfig::default(),
+            snat_ips: vec![[0; 4]; MAX_SNAT_IPS as usize],
             services: BTreeMap::new(),
             backends: vec![Backend::default(); MAX_BACKENDS as usize],
             maglev: vec![0; maglev_slots(table_size) as usize],
@@ -237,6 +259,14 @@ impl ControlPlane for MemMaps {
     fn set_config(&mut self, config: DataplaneConfig) -> Result<()> {
         self.config = config;
         self.writes.push(Write::Config(config));
+        Ok(())
+    }
+    fn set_snat_ip(&mut self, index: u32, ip: [u8; 4]) -> Result<()> {
+        *self
+            .snat_ips
+            .get_mut(index as usize)
+            .ok_or_else(|| anyhow!("SNAT_IPS[{index}] out of range"))? = ip;
+        self.writes.push(Write::SnatIp(index, ip));
         Ok(())
     }
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
@@ -296,6 +326,9 @@ impl ControlPlane for MemMaps {
     fn config(&self) -> Result<DataplaneConfig> {
         Ok(self.config)
     }
+    fn snat_ips(&self) -> Result<Vec<[u8; 4]>> {
+        Ok(self.snat_ips.clone())
+    }
     fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
         Ok(self.services.get(key).copied())
     }
@@ -337,7 +370,7 @@ mod tests {
     /// One service, backend `i` of weight `weights[i]`.
     fn desired(weights: &[u32]) -> Desired {
         Desired {
-            snat_ip: Ipv4Addr::new(10, 0, 0, 250),
+            snat_ips: vec![Ipv4Addr::new(10, 0, 0, 250)],
             nat_ports: (20000, 29999),
             active: true,
             ticks_per_s: 250,

@@ -15,6 +15,8 @@ use nix::{
     net::if_::{InterfaceFlags, if_nametoindex},
 };
 
+use crate::config::{FALLBACK_NAT_PORTS, NatPorts};
+
 const PROC_SYS: &str = "/proc/sys";
 
 /// The IPv4 addresses of `iface`, in the kernel's order (primary addresses
@@ -132,6 +134,124 @@ fn prepare_forwarding_in(root: &Path, iface: &str) -> Result<Vec<String>> {
     Ok(changed)
 }
 
+/// The NAT ports to use, and what to tell the operator about them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatPortChoice {
+    /// Inclusive.
+    pub ports: (u16, u16),
+    /// Why these, for the start-up line.
+    pub why: String,
+    /// Something to warn about: ports shared with the node's own
+    /// connections.
+    pub warning: Option<String>,
+}
+
+impl NatPortChoice {
+    pub fn count(&self) -> u32 {
+        u32::from(self.ports.1) - u32::from(self.ports.0) + 1
+    }
+}
+
+/// The NAT ports for `configured` on a node whose ephemeral range
+/// (`ip_local_port_range`) is `ephemeral`. Pure: [`nat_ports`] reads the
+/// range and reserves what overlaps it.
+///
+/// The node's own connections (health checks among them) take their
+/// source ports from the ephemeral range, from every local address, the
+/// SNAT address included: a NAT flow and a node connection on the same
+/// port to the same backend break each other. So `auto` takes the larger
+/// block from 1024 up outside that range (1024-32767 below the kernel's
+/// default 32768-60999, 31,744 ports, three times the old fixed default).
+/// When neither block holds as many as [`FALLBACK_NAT_PORTS`] (an
+/// ephemeral range widened to nearly everything), it takes those, which
+/// [`nat_ports`] then reserves, and says so. A configured range is used as
+/// it is, with a warning when it overlaps.
+pub fn choose_nat_ports(configured: NatPorts, ephemeral: (u16, u16)) -> NatPortChoice {
+    let (elo, ehi) = ephemeral;
+    let count = |(lo, hi): (u16, u16)| u32::from(hi) - u32::from(lo) + 1;
+    let cost = |ports: (u16, u16)| {
+        let lo = ports.0.max(elo);
+        let hi = ports.1.min(ehi);
+        format!(
+            "the node's own connections (health checks among them) take their source ports \
+             from that range, from the SNAT address too, and a NAT flow and a node connection \
+             on the same port to the same backend break each other: xdplb reserves {lo}-{hi} \
+             in ip_local_reserved_ports, which leaves every connection of the node {} fewer \
+             ephemeral ports",
+            count((lo, hi))
+        )
+    };
+    match configured {
+        NatPorts::Range(lo, hi) => NatPortChoice {
+            ports: (lo, hi),
+            why: "nat_ports".into(),
+            warning: overlaps((lo, hi), ephemeral).then(|| {
+                format!(
+                    "nat_ports {lo}-{hi} overlaps the kernel's ephemeral ports \
+                     (ip_local_port_range {elo}-{ehi}): {}; set nat_ports outside {elo}-{ehi}, \
+                     or to auto",
+                    cost((lo, hi))
+                )
+            }),
+        },
+        NatPorts::Auto => {
+            // Below the range from 1024, and above it to 65535.
+            let below = (elo > 1024).then(|| (1024, elo - 1));
+            let above = (ehi < u16::MAX).then(|| (ehi.max(1023) + 1, u16::MAX));
+            let largest = [below, above]
+                .into_iter()
+                .flatten()
+                .max_by_key(|&b| count(b))
+                .filter(|&b| count(b) >= count(FALLBACK_NAT_PORTS));
+            match largest {
+                Some(ports) => NatPortChoice {
+                    ports,
+                    why: format!("auto: the largest block outside ip_local_port_range {elo}-{ehi}"),
+                    warning: None,
+                },
+                None => {
+                    let ports = FALLBACK_NAT_PORTS;
+                    NatPortChoice {
+                        ports,
+                        why: format!(
+                            "auto: ip_local_port_range {elo}-{ehi} leaves too few ports outside it"
+                        ),
+                        warning: Some(format!(
+                            "nat_ports auto: ip_local_port_range {elo}-{ehi} leaves fewer than \
+                             {} ports from 1024 up outside it, so NAT takes {}-{} from it: {}; \
+                             raise the start of ip_local_port_range, or set nat_ports",
+                            count(FALLBACK_NAT_PORTS),
+                            ports.0,
+                            ports.1,
+                            cost(ports)
+                        )),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The NAT ports for `configured` on this node ([`choose_nat_ports`] with
+/// this namespace's `ip_local_port_range`), reserved in
+/// `ip_local_reserved_ports` where they overlap it ([`reserve_ports`]).
+/// Returns the choice and, when it reserved ports, a line to log.
+pub fn nat_ports(configured: NatPorts) -> Result<(NatPortChoice, Option<String>)> {
+    nat_ports_in(Path::new(PROC_SYS), configured)
+}
+
+fn nat_ports_in(root: &Path, configured: NatPorts) -> Result<(NatPortChoice, Option<String>)> {
+    let range = Sysctl::new(root, &["net", "ipv4", "ip_local_port_range"]);
+    let ephemeral = parse_port_range(&range.read()?)
+        .with_context(|| format!("parsing {}", range.path.display()))?;
+    let choice = choose_nat_ports(configured, ephemeral);
+    let reserved = match overlaps(choice.ports, ephemeral) {
+        true => reserve_ports_in(root, choice.ports.0, choice.ports.1)?,
+        false => None,
+    };
+    Ok((choice, reserved))
+}
+
 /// Keeps the kernel from choosing a port in `lo..=hi` as an ephemeral port:
 /// the NAT ports share the SNAT address with the agent's own connections
 /// (health checks), and a kernel-chosen port there would collide with a
@@ -140,10 +260,6 @@ fn prepare_forwarding_in(root: &Path, iface: &str) -> Result<Vec<String>> {
 ///
 /// Returns a line for the caller to log, or `None` when the ports were
 /// already reserved (nothing to say, nothing done).
-pub fn reserve_ports(lo: u16, hi: u16) -> Result<Option<String>> {
-    reserve_ports_in(Path::new(PROC_SYS), lo, hi)
-}
-
 fn reserve_ports_in(root: &Path, lo: u16, hi: u16) -> Result<Option<String>> {
     if lo > hi {
         bail!("NAT port range {lo}-{hi} is empty");
@@ -347,6 +463,85 @@ mod tests {
             "hole at 35000"
         );
         assert!(!covers(&[], (1, 1)));
+    }
+
+    #[test]
+    fn auto_takes_the_largest_block_outside_the_ephemeral_range() {
+        let auto = |eph| choose_nat_ports(NatPorts::Auto, eph);
+        let kernel_default = auto((32768, 60999));
+        assert_eq!(kernel_default.ports, (1024, 32767));
+        assert_eq!(kernel_default.count(), 31_744);
+        assert_eq!(kernel_default.warning, None);
+        assert_eq!(
+            kernel_default.why,
+            "auto: the largest block outside ip_local_port_range 32768-60999"
+        );
+        // Above when that is larger.
+        assert_eq!(auto((1024, 40000)).ports, (40001, 65535));
+        assert_eq!(auto((50000, 60000)).ports, (1024, 49999));
+        // A range that ends below 1024 leaves everything from 1024 up.
+        assert_eq!(auto((500, 900)).ports, (1024, 65535));
+        assert_eq!(auto((1025, 65535)).ports.1, 29999, "1 port below: fallback");
+        // Neither block as large as the old default: the old default,
+        // reserved, with a warning that says what it costs.
+        for eph in [(1024, 65535), (10000, 65000), (2000, 60000)] {
+            let c = auto(eph);
+            assert_eq!(c.ports, FALLBACK_NAT_PORTS, "{eph:?}");
+            let w = c.warning.expect("a warning");
+            assert!(w.contains("raise the start of ip_local_port_range"), "{w}");
+        }
+        let w = auto((10000, 65000)).warning.unwrap();
+        assert!(
+            w.contains(
+                "xdplb reserves 20000-29999 in ip_local_reserved_ports, which leaves every \
+                 connection of the node 10000 fewer ephemeral ports"
+            ),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn a_configured_range_is_kept_and_warned_about_only_where_it_overlaps() {
+        let eph = (32768, 60999);
+        let c = choose_nat_ports(NatPorts::Range(20000, 29999), eph);
+        assert_eq!((c.ports, c.warning), ((20000, 29999), None));
+        let c = choose_nat_ports(NatPorts::Range(30000, 39999), eph);
+        assert_eq!(c.ports, (30000, 39999));
+        let w = c.warning.expect("overlap: a warning");
+        assert!(
+            w.starts_with(
+                "nat_ports 30000-39999 overlaps the kernel's ephemeral ports \
+                 (ip_local_port_range 32768-60999): the node's own connections (health checks \
+                 among them) take their source ports from that range"
+            ),
+            "{w}"
+        );
+        assert!(
+            w.contains("xdplb reserves 32768-39999 in ip_local_reserved_ports")
+                && w.contains("7232 fewer ephemeral ports")
+                && w.ends_with("set nat_ports outside 32768-60999, or to auto"),
+            "{w}"
+        );
+        let c = choose_nat_ports(NatPorts::Range(61000, 65535), eph);
+        assert_eq!(c.warning, None);
+    }
+
+    #[test]
+    fn nat_ports_reserves_only_what_overlaps() {
+        let sys = FakeProcSys::new(
+            "natports",
+            &[
+                ("net/ipv4/ip_local_port_range", "32768\t60999"),
+                ("net/ipv4/ip_local_reserved_ports", ""),
+            ],
+        );
+        let (c, reserved) = nat_ports_in(&sys.0, NatPorts::Auto).unwrap();
+        assert_eq!((c.ports, reserved), ((1024, 32767), None));
+        assert_eq!(sys.get("net/ipv4/ip_local_reserved_ports"), "");
+        let (c, reserved) = nat_ports_in(&sys.0, NatPorts::Range(30000, 39999)).unwrap();
+        assert_eq!(c.ports, (30000, 39999));
+        assert!(reserved.is_some());
+        assert_eq!(sys.get("net/ipv4/ip_local_reserved_ports"), "30000-39999");
     }
 
     #[test]

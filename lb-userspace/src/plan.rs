@@ -43,9 +43,13 @@ pub struct Inputs<'a> {
     pub role: Role,
     /// The node's own IPv4 addresses (a backend among them is local).
     pub local: &'a BTreeSet<Ipv4Addr>,
-    /// The NAT source address, resolved at start (config or the interface's
-    /// primary address).
-    pub snat_ip: Ipv4Addr,
+    /// The NAT source addresses, resolved by the agent (the configured
+    /// pool, or the interface's primary address): at least one, at most
+    /// [`MAX_SNAT_IPS`](lb_common::service::MAX_SNAT_IPS).
+    pub snat_ips: &'a [Ipv4Addr],
+    /// The NAT source ports, inclusive, resolved by the agent (configured,
+    /// or found outside the kernel's ephemeral range).
+    pub nat_ports: (u16, u16),
     /// The data plane clock's rate (lb_common::clock), measured at start.
     pub ticks_per_s: u32,
     /// With VRRP: how long the data plane may go without the agent's
@@ -61,7 +65,9 @@ pub struct Inputs<'a> {
 /// What the node should do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
-    pub snat_ip: Ipv4Addr,
+    /// The SNAT pool, in order: the data plane draws a new connection's
+    /// source address from it (the first is CONFIG's `snat_ip`).
+    pub snat_ips: Vec<Ipv4Addr>,
     pub nat_ports: (u16, u16),
     /// The data plane NATs VIP traffic (CONFIG_ACTIVE).
     pub active: bool,
@@ -117,7 +123,8 @@ pub fn plan(inputs: &Inputs) -> Desired {
         drained,
         role,
         local,
-        snat_ip,
+        snat_ips,
+        nat_ports,
         ticks_per_s,
         fence_after,
         vrrp_vips,
@@ -158,8 +165,8 @@ pub fn plan(inputs: &Inputs) -> Desired {
         .collect();
     let master = role == Role::Master;
     Desired {
-        snat_ip,
-        nat_ports: config.nat_ports,
+        snat_ips: snat_ips.to_vec(),
+        nat_ports,
         active: master,
         ticks_per_s,
         // At least one tick, so that "0: never" keeps its meaning.

@@ -4,7 +4,8 @@
 //! and a [`Desired`] state, in an order that keeps every intermediate state
 //! valid for a packet: backends before the tables that name them, a new
 //! table into the half the data plane is not reading before the one
-//! SERVICES update that switches to it, CONFIG (with `active`) last.
+//! SERVICES update that switches to it, the SNAT pool before the CONFIG
+//! whose `snat_count` reaches it, CONFIG (with `active`) last.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -17,7 +18,7 @@ use lb_common::{
     maglev::{MaglevBackend, build_table},
     service::{
         BACKEND_LOCAL, Backend, CONFIG_ACTIVE, DataplaneConfig, MAX_BACKENDS, MAX_SERVICES,
-        Service, ServiceKey,
+        MAX_SNAT_IPS, Service, ServiceKey,
     },
 };
 
@@ -105,6 +106,8 @@ pub struct Reconciler<M> {
     backends: HashMap<u32, Backend>,
     /// VIPS as written (or read when adopting).
     vips: HashSet<[u8; 4]>,
+    /// SNAT_IPS as written (or read when adopting), every entry.
+    snat_ips: Vec<[u8; 4]>,
     /// The agent's last heartbeat (jiffies), written with every CONFIG.
     heartbeat: u64,
     applied: Option<Desired>,
@@ -155,6 +158,7 @@ impl<M: ControlPlane> Reconciler<M> {
             }
         }
         let vips = maps.vips()?.into_iter().collect();
+        let snat_ips = maps.snat_ips()?;
         let heartbeat = maps.config()?.heartbeat;
         Ok(Reconciler {
             maps,
@@ -163,6 +167,7 @@ impl<M: ControlPlane> Reconciler<M> {
             ids: BackendIds::new(capacity, &used),
             backends: written,
             vips,
+            snat_ips,
             heartbeat,
             applied: None,
         })
@@ -258,6 +263,11 @@ impl<M: ControlPlane> Reconciler<M> {
         }
         self.vips = vips;
 
+        if self.apply_snat_ips(&desired.snat_ips)? {
+            let list: Vec<String> = desired.snat_ips.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(summary, "SNAT addresses: {}", list.join(", "));
+        }
+
         let was_active = self.applied.as_ref().map(|d| d.active);
         self.maps.set_config(self.dataplane_config(desired))?;
         if was_active != Some(desired.active) {
@@ -275,16 +285,43 @@ impl<M: ControlPlane> Reconciler<M> {
         Ok(summary)
     }
 
+    /// Writes the entries of SNAT_IPS that differ from `pool`; CONFIG's
+    /// `snat_count`, written after, makes new ones reachable. Entries past
+    /// the pool are left as they are, not cleared: a packet that read the
+    /// previous CONFIG (with a larger count) may still index them, and an
+    /// address of the old pool serves it better than 0.0.0.0. Returns
+    /// whether the pool changed.
+    fn apply_snat_ips(&mut self, pool: &[Ipv4Addr]) -> Result<bool> {
+        if pool.is_empty() || pool.len() > MAX_SNAT_IPS as usize {
+            bail!(
+                "{} SNAT addresses: at least 1 and at most {MAX_SNAT_IPS} are supported",
+                pool.len()
+            );
+        }
+        let before = self.applied.as_ref().map(|d| d.snat_ips.as_slice());
+        for (i, ip) in pool.iter().enumerate() {
+            let ip = ip.octets();
+            if self.snat_ips.get(i) == Some(&ip) {
+                continue;
+            }
+            self.maps.set_snat_ip(i as u32, ip)?;
+            if let Some(slot) = self.snat_ips.get_mut(i) {
+                *slot = ip;
+            }
+        }
+        Ok(before != Some(pool))
+    }
+
     fn dataplane_config(&self, desired: &Desired) -> DataplaneConfig {
         DataplaneConfig {
-            snat_ip: desired.snat_ip.octets(),
+            snat_ip: desired.snat_ips.first().map_or([0; 4], |ip| ip.octets()),
             nat_port_min: desired.nat_ports.0,
             nat_port_max: desired.nat_ports.1,
             flags: if desired.active { CONFIG_ACTIVE } else { 0 },
             ticks_per_s: desired.ticks_per_s,
             heartbeat: self.heartbeat,
             fence_after: desired.fence_after,
-            snat_count: 1,
+            snat_count: desired.snat_ips.len() as u32,
         }
     }
 

@@ -659,7 +659,7 @@ fn load_xdplb(pins: &std::path::Path) -> Result<(Ebpf, u32)> {
         _pad: 0,
     };
     reconciler.apply(&Desired {
-        snat_ip: SNAT,
+        snat_ips: vec![SNAT],
         nat_ports: NAT_PORTS,
         active: true,
         ticks_per_s: lb_common::clock::ticks_per_s(Duration::from_millis(200))?,

@@ -117,7 +117,7 @@ pub fn desired() -> Desired {
             .collect(),
     };
     Desired {
-        snat_ip: SNAT,
+        snat_ips: vec![SNAT],
         nat_ports: (NAT_PORT_MIN, NAT_PORT_MAX),
         active: true,
         // Any rate works here: nothing in these tests waits for a second.

@@ -28,8 +28,9 @@ use lb_common::{
 };
 
 const BACKENDS: [&str; 3] = ["api1", "api2", "api3"];
-/// The agent's default NAT source ports.
-const NAT_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
+/// The agent's default NAT source ports (`auto`) in lb1's namespace, whose
+/// ip_local_port_range is a new namespace's, the kernel's 32768-60999.
+const NAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=32767;
 
 /// How many packets a reason counted between two readings.
 fn grew(before: &ReasonTotals, after: &ReasonTotals, reason: Reason) -> u64 {
@@ -455,9 +456,12 @@ fn node_traffic_passes_while_attached() {
     }
 
     // A TCP service of the node itself, on lb1's own address (the SNAT IP)
-    // but outside the NAT port range. The socket is made inside lb1's
-    // namespace and stays there whichever thread accepts on it.
+    // and inside the default NAT ports (1024-32767), as kubelet's 10250 or
+    // etcd's 2379 are on a real node: a packet to a NAT port that belongs
+    // to no flow is the node's own, and passes. The socket is made inside
+    // lb1's namespace and stays there whichever thread accepts on it.
     let listen = SocketAddr::from((lb1.ip, 8080));
+    assert!(NAT_PORTS.contains(&listen.port()));
     let listener = lb1
         .ns
         .run(move || TcpListener::bind(listen))

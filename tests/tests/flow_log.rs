@@ -22,7 +22,9 @@ use lab::{
 use lb_common::{flowlog::FlowLogCpu, maps};
 
 const BACKENDS: [&str; 3] = ["api1", "api2", "api3"];
-const NAT_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
+/// The agent's default NAT source ports (`auto`) in lb1's namespace, whose
+/// ip_local_port_range is a new namespace's, the kernel's 32768-60999.
+const NAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=32767;
 
 /// A flow log line, split into its fields.
 #[derive(Debug)]

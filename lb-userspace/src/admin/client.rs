@@ -172,6 +172,26 @@ pub fn table(s: &Status) -> String {
             );
         }
     }
+    // An agent from before the SNAT pool reports no capacity.
+    if s.nat.capacity > 0 {
+        let h = &s.half_open;
+        let _ = writeln!(
+            out,
+            "NAT: from {}, ports {}: {} connections per backend; half-open: {}, opened {} \
+             promoted {} reclaimed {} reset {}",
+            s.nat.snat_ips.join(", "),
+            s.nat.ports,
+            s.nat.capacity,
+            h.entries.map_or_else(
+                || "not counted yet".to_owned(),
+                |e| format!("{e} of {} entries", h.max)
+            ),
+            h.opened,
+            h.promoted,
+            h.reclaimed,
+            h.reset
+        );
+    }
     for svc in &s.services {
         let at = format!("{}:{}/{}", svc.vip, svc.port, svc.proto);
         // The default name is the address already.
@@ -204,6 +224,7 @@ pub fn table(s: &Status) -> String {
                 "CONNS",
                 "PACKETS",
                 "BYTES",
+                "NAT PORTS",
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -222,6 +243,16 @@ pub fn table(s: &Status) -> String {
                 b.traffic.connections.to_string(),
                 b.traffic.packets.to_string(),
                 bytes(b.traffic.bytes),
+                b.nat_ports.map_or_else(
+                    || "-".into(),
+                    |n| {
+                        format!(
+                            "{} ({:.1} %)",
+                            n.established,
+                            n.established as f64 * 100.0 / s.nat.capacity.max(1) as f64
+                        )
+                    },
+                ),
             ]);
         }
         columns(&mut out, &rows);
@@ -282,7 +313,7 @@ fn columns(out: &mut String, rows: &[Vec<String>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::status::{Backend, Health, Service, Traffic};
+    use crate::admin::status::{Backend, HalfOpen, Health, Nat, NatPorts, Service, Traffic};
 
     #[test]
     fn status_table_lines_up() {
@@ -315,10 +346,26 @@ mod tests {
                         bytes: 2048,
                         connections: 3,
                     },
+                    nat_ports: Some(NatPorts {
+                        established: 317,
+                        half_open: 2,
+                    }),
                     ..Backend::default()
                 }],
                 ..Service::default()
             }],
+            nat: Nat {
+                snat_ips: vec!["10.0.0.2".into()],
+                ports: "1024-32767".into(),
+                capacity: 31_744,
+            },
+            half_open: HalfOpen {
+                entries: Some(4),
+                max: 131_072,
+                opened: 10,
+                promoted: 6,
+                ..HalfOpen::default()
+            },
             ..Status::default()
         };
         let t = table(&s);
@@ -327,11 +374,18 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("\n  BACKEND  ADDRESS         STATE  WEIGHT  SINCE  LAST CHECK  LATENCY  CONNS  PACKETS  BYTES\n"),
+            t.contains("\n  BACKEND  ADDRESS         STATE  WEIGHT  SINCE  LAST CHECK  LATENCY  CONNS  PACKETS  BYTES    NAT PORTS\n"),
             "{t}"
         );
         assert!(
-            t.contains("\n  api1     10.0.0.21:6443  UP     1       1m15s  ok          2.3 ms   3      12       2.0 KiB\n"),
+            t.contains("\n  api1     10.0.0.21:6443  UP     1       1m15s  ok          2.3 ms   3      12       2.0 KiB  317 (1.0 %)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "\nNAT: from 10.0.0.2, ports 1024-32767: 31744 connections per backend; \
+                 half-open: 4 of 131072 entries, opened 10 promoted 6 reclaimed 0 reset 0\n"
+            ),
             "{t}"
         );
     }

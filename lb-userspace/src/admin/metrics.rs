@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::status::{Backend, Health, ReasonCount, Service, Status, Vrrp};
+use super::status::{Backend, Health, NatPorts, ReasonCount, Service, Status, Vrrp};
 
 /// Labels of one series, in order.
 type Labels = Vec<(&'static str, String)>;
@@ -257,6 +257,27 @@ impl Collector for StatusMetrics {
             "Changes of the backend's state between UP and DOWN, either way",
             checked_count(&|h| h.transitions),
         )?;
+        let nat = |f: &dyn Fn(&NatPorts) -> u64| -> Vec<(Labels, u64)> {
+            backends()
+                .filter_map(|(l, b)| Some((l, f(b.nat_ports.as_ref()?))))
+                .collect()
+        };
+        gauges(
+            e,
+            "xdplb_backend_nat_ports_in_use",
+            "NAT ports held towards the backend by established connections, as of the last \
+             ageing pass; at xdplb_nat_ports_per_backend its new connections fail",
+            None,
+            nat(&|n| n.established),
+        )?;
+        gauges(
+            e,
+            "xdplb_backend_nat_ports_half_open",
+            "NAT ports held towards the backend by half-open connections (reclaimed when needed), \
+             as of the last ageing pass",
+            None,
+            nat(&|n| n.half_open),
+        )?;
         gauges(
             e,
             "xdplb_backend_state_since",
@@ -316,6 +337,54 @@ impl Collector for StatusMetrics {
             "Size of the flow table (max_flows); a full table refuses new connections",
             None,
             vec![(vec![], s.flows.max)],
+        )?;
+        gauges(
+            e,
+            "xdplb_nat_ports_per_backend",
+            "Connections one backend can hold at once: NAT ports times SNAT addresses",
+            None,
+            vec![(vec![], s.nat.capacity)],
+        )?;
+        gauges(
+            e,
+            "xdplb_snat_addresses",
+            "Addresses in the SNAT pool",
+            None,
+            vec![(vec![], s.nat.snat_ips.len() as u64)],
+        )?;
+        if let Some(n) = s.half_open.entries {
+            gauges(
+                e,
+                "xdplb_half_open_entries",
+                "Entries in the table of half-open TCP connections (two per connection), as of \
+                 the last ageing pass",
+                None,
+                vec![(vec![], n)],
+            )?;
+        }
+        gauges(
+            e,
+            "xdplb_half_open_max_entries",
+            "Size of the table of half-open TCP connections (max_embryos); when full the oldest \
+             are evicted",
+            None,
+            vec![(vec![], s.half_open.max)],
+        )?;
+        let h = &s.half_open;
+        counters(
+            e,
+            "xdplb_half_open_events",
+            "Half-open TCP connections: opened, promoted (handshake completed), reclaimed (NAT \
+             port taken by a newer one: a SYN flood's mark), reset (an RST before completion)",
+            [
+                ("opened", h.opened),
+                ("promoted", h.promoted),
+                ("reclaimed", h.reclaimed),
+                ("reset", h.reset),
+            ]
+            .into_iter()
+            .map(|(event, n)| (vec![("event", event.to_owned())], n))
+            .collect(),
         )?;
 
         // VRRP.
@@ -463,7 +532,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::admin::status::Traffic;
+    use crate::admin::status::{HalfOpen, Nat, Traffic};
 
     fn status() -> Status {
         Status {
@@ -504,6 +573,10 @@ mod tests {
                         bytes: 400,
                         connections: 1,
                     },
+                    nat_ports: Some(NatPorts {
+                        established: 25_000,
+                        half_open: 7,
+                    }),
                 }],
             }],
             dataplane: vec![ReasonCount {
@@ -511,6 +584,19 @@ mod tests {
                 packets: 5,
                 bytes: 300,
             }],
+            nat: Nat {
+                snat_ips: vec!["10.0.0.2".into(), "10.0.0.3".into()],
+                ports: "1024-32767".into(),
+                capacity: 63_488,
+            },
+            half_open: HalfOpen {
+                entries: None,
+                max: 131_072,
+                opened: 100,
+                promoted: 90,
+                reclaimed: 3,
+                reset: 2,
+            },
             vrrp: vec![Vrrp {
                 instance: "VI_1".into(),
                 vrid: 51,
@@ -581,8 +667,24 @@ mod tests {
             text.contains("# HELP xdplb_backend_up 1 when the backend's health checks say up"),
             "{text}"
         );
+        has(
+            &text,
+            &format!("xdplb_backend_nat_ports_in_use{{{b}}} 25000"),
+        );
+        has(
+            &text,
+            &format!("xdplb_backend_nat_ports_half_open{{{b}}} 7"),
+        );
+        has(&text, "xdplb_nat_ports_per_backend 63488");
+        has(&text, "xdplb_snat_addresses 2");
+        has(
+            &text,
+            r#"xdplb_half_open_events_total{event="reclaimed"} 3"#,
+        );
+        has(&text, "xdplb_half_open_max_entries 131072");
         // Before the first ageing pass there is no flow count to report.
         assert!(!text.contains("xdplb_flow_table_entries"), "{text}");
+        assert!(!text.contains("xdplb_half_open_entries"), "{text}");
     }
 
     #[test]

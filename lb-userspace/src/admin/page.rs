@@ -132,7 +132,8 @@ pub fn render(s: &Status) -> String {
         h.push_str(
             "<table class=\"backends\"><tr><th>backend</th><th>address</th><th>state</th>\
              <th>weight</th><th>since</th><th>last check</th><th>latency</th><th>checks</th>\
-             <th>failed</th><th>connections</th><th>packets</th><th>bytes</th></tr>\n",
+             <th>failed</th><th>connections</th><th>packets</th><th>bytes</th>\
+             <th>NAT ports</th></tr>\n",
         );
         for b in &svc.backends {
             backend_row(&mut h, b);
@@ -160,6 +161,25 @@ pub fn render(s: &Status) -> String {
                 s.flows.max
             );
         }
+    }
+    if s.nat.capacity > 0 {
+        let h_o = &s.half_open;
+        let _ = writeln!(
+            h,
+            "<p id=\"nat\">NAT from {}, ports {}: {} connections per backend; half-open \
+             connections: {}, opened {}, promoted {}, reclaimed {}, reset {}</p>",
+            esc(&s.nat.snat_ips.join(", ")),
+            esc(&s.nat.ports),
+            s.nat.capacity,
+            h_o.entries.map_or_else(
+                || "not counted yet".to_owned(),
+                |e| format!("{e} of {} entries", h_o.max)
+            ),
+            h_o.opened,
+            h_o.promoted,
+            h_o.reclaimed,
+            h_o.reset
+        );
     }
     let counted: Vec<_> = s.dataplane.iter().filter(|r| r.packets > 0).collect();
     if counted.is_empty() {
@@ -223,7 +243,7 @@ fn backend_row(h: &mut String, b: &Backend) {
          <td class=\"{state}\">{word}</td><td class=\"n\">{weight}</td><td>{since}</td>\
          <td>{last}</td><td class=\"n\">{latency}</td><td class=\"n\">{checks}</td>\
          <td class=\"n\">{failed}</td><td class=\"n\">{conns}</td><td class=\"n\">{pkts}</td>\
-         <td class=\"n\">{bytes}</td></tr>",
+         <td class=\"n\">{bytes}</td><td class=\"n\">{nat}</td></tr>",
         addr = esc(&b.address),
         state = esc(&b.state),
         name = esc(&b.name),
@@ -233,6 +253,9 @@ fn backend_row(h: &mut String, b: &Backend) {
         conns = b.traffic.connections,
         pkts = b.traffic.packets,
         bytes = bytes(b.traffic.bytes),
+        nat = b
+            .nat_ports
+            .map_or_else(|| "—".to_owned(), |n| n.established.to_string()),
     );
 }
 
@@ -255,7 +278,7 @@ fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::status::{LogEvent, Service};
+    use crate::admin::status::{HalfOpen, LogEvent, Nat, NatPorts, Service};
 
     #[test]
     fn shows_backends_role_and_escapes() {
@@ -293,5 +316,49 @@ mod tests {
         assert!(page.contains("<td class=\"down\">DOWN</td>"), "{page}");
         assert!(page.contains("DOWN: /readyz returned 500"), "{page}");
         assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+        assert!(
+            !page.contains("id=\"nat\""),
+            "no NAT line without a capacity"
+        );
+    }
+
+    #[test]
+    fn shows_the_nat_source_and_ports_in_use() {
+        let s = Status {
+            services: vec![Service {
+                name: "k8s".into(),
+                backends: vec![Backend {
+                    address: "10.0.0.21:6443".into(),
+                    state: "up".into(),
+                    nat_ports: Some(NatPorts {
+                        established: 123,
+                        half_open: 4,
+                    }),
+                    ..Backend::default()
+                }],
+                ..Service::default()
+            }],
+            nat: Nat {
+                snat_ips: vec!["10.0.0.2".into(), "10.0.0.3".into()],
+                ports: "1024-32767".into(),
+                capacity: 63_488,
+            },
+            half_open: HalfOpen {
+                max: 131_072,
+                reclaimed: 5,
+                ..HalfOpen::default()
+            },
+            ..Status::default()
+        };
+        let page = render(&s);
+        assert!(
+            page.contains(
+                "<p id=\"nat\">NAT from 10.0.0.2, 10.0.0.3, ports 1024-32767: 63488 connections \
+                 per backend; half-open connections: not counted yet, opened 0, promoted 0, \
+                 reclaimed 5, reset 0</p>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<td class=\"n\">123</td></tr>"), "{page}");
     }
 }

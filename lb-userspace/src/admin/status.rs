@@ -27,6 +27,12 @@ pub struct Status {
     pub reloads: Reloads,
     pub services: Vec<Service>,
     pub flows: Flows,
+    /// Where NATed connections come from, and how many a backend can take.
+    #[serde(default)]
+    pub nat: Nat,
+    /// Half-open TCP connections (EMBRYOS).
+    #[serde(default)]
+    pub half_open: HalfOpen,
     /// Packets and bytes the data plane counted per reason (every reason,
     /// zeros included), summed over CPUs.
     pub dataplane: Vec<ReasonCount>,
@@ -87,6 +93,45 @@ pub struct Backend {
     /// None when the service is not checked.
     pub health: Option<Health>,
     pub traffic: Traffic,
+    /// NAT ports held towards the backend as of the last ageing pass;
+    /// None before the first (or for a backend not in the maps yet).
+    #[serde(default)]
+    pub nat_ports: Option<NatPorts>,
+}
+
+/// NAT ports held towards one backend (of [`Nat::capacity`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatPorts {
+    /// By established connections: these run out.
+    pub established: u64,
+    /// By half-open ones: a new connection reclaims these when it must.
+    pub half_open: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nat {
+    /// The SNAT pool.
+    pub snat_ips: Vec<String>,
+    /// NAT source ports, `LO-HI`, per SNAT address.
+    pub ports: String,
+    /// Connections one backend can hold at once: ports × SNAT addresses.
+    pub capacity: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HalfOpen {
+    /// EMBRYOS entries (two per half-open connection) at the last ageing
+    /// pass; None before the first.
+    pub entries: Option<u64>,
+    /// The table's size (`max_embryos`).
+    pub max: u64,
+    /// Counted by the data plane, summed over CPUs: half-open connections
+    /// made, promoted to FLOWS (their handshake completed), whose NAT
+    /// port a newer one took (a flood's mark), and ended by an RST.
+    pub opened: u64,
+    pub promoted: u64,
+    pub reclaimed: u64,
+    pub reset: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

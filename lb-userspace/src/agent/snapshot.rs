@@ -69,11 +69,20 @@ impl Agent {
                                         failures: c.failures,
                                         transitions: c.transitions,
                                     });
-                                let traffic = self
-                                    .reconciler
-                                    .backend_id_of(b.addr)
+                                let id = self.reconciler.backend_id_of(b.addr);
+                                let traffic = id
                                     .map(|id| summed(&self.backend_stats, id))
                                     .unwrap_or_default();
+                                let nat_ports = match (id, &self.nat_use) {
+                                    (Some(id), Some(usage)) => {
+                                        let u = usage.get(&id).copied().unwrap_or_default();
+                                        Some(status::NatPorts {
+                                            established: u64::from(u.established),
+                                            half_open: u64::from(u.half_open),
+                                        })
+                                    }
+                                    _ => None,
+                                };
                                 status::Backend {
                                     name: b.name.clone(),
                                     address: b.addr.to_string(),
@@ -83,6 +92,7 @@ impl Agent {
                                     drained,
                                     health,
                                     traffic,
+                                    nat_ports,
                                 }
                             })
                             .collect();
@@ -164,10 +174,37 @@ impl Agent {
                 connections: self.flows_seen.map(|(_, c)| c as u64),
                 max: u64::from(self.config.max_flows),
             },
+            nat: status::Nat {
+                snat_ips: self.nat.snat_ips.iter().map(|a| a.to_string()).collect(),
+                ports: format!("{}-{}", self.nat.ports.ports.0, self.nat.ports.ports.1),
+                capacity: u64::from(self.nat.capacity()),
+            },
+            half_open: self.half_open_status(),
             dataplane,
             vrrp,
             events: self.journal.events(),
         }
+    }
+}
+
+impl Agent {
+    /// EMBRYOS as the last ageing pass saw it, and EMBRYO_STATS summed
+    /// over CPUs (zeros if it cannot be read).
+    fn half_open_status(&self) -> status::HalfOpen {
+        let mut h = status::HalfOpen {
+            entries: self.embryos_seen.map(|n| n as u64),
+            max: u64::from(self.config.max_embryos),
+            ..status::HalfOpen::default()
+        };
+        if let Ok(per_cpu) = self.embryo_stats.get(&0, 0) {
+            for c in per_cpu.iter() {
+                h.opened += c.opened;
+                h.promoted += c.promoted;
+                h.reclaimed += c.reclaimed;
+                h.reset += c.reset;
+            }
+        }
+        h
     }
 }
 

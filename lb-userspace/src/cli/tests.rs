@@ -5,11 +5,14 @@ use std::{fs, io::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use clap::Parser as _;
-use lb_common::{maps::DEFAULT_MAX_FLOWS, service::DEFAULT_TABLE_SIZE};
+use lb_common::{
+    maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS},
+    service::DEFAULT_TABLE_SIZE,
+};
 
 use super::Args;
 use crate::config::{
-    BackendConfig, CheckConfig, CheckKind, Config, MIN_CHECK_INTERVAL, OnDown, Proto,
+    BackendConfig, CheckConfig, CheckKind, Config, MIN_CHECK_INTERVAL, NatPorts, OnDown, Proto,
     ServiceConfig, Timeouts, TlsCheck,
     test_support::{FILE, addr, apiserver_check, assert_has, service, tempfile},
 };
@@ -127,9 +130,10 @@ fn single_service_with_defaults() {
                     on_down: OnDown::Keep,
                 },
             }],
-            snat_ip: None,
-            nat_ports: (20000, 29999),
+            snat_ips: vec![],
+            nat_ports: NatPorts::Auto,
             max_flows: DEFAULT_MAX_FLOWS,
+            max_embryos: DEFAULT_MAX_EMBRYOS,
             keep_dataplane: false,
             assign_vip: true,
             maglev_table_size: DEFAULT_TABLE_SIZE,
@@ -164,6 +168,8 @@ fn single_service_every_flag() {
         "40000-40063",
         "--max-flows",
         "1024",
+        "--max-embryos",
+        "4096",
         "--keep-dataplane",
         "--no-assign-vip",
     ])
@@ -182,9 +188,10 @@ fn single_service_every_flag() {
             (addr("10.0.0.3:5353"), 0)
         ]
     );
-    assert_eq!(c.snat_ip, Some(Ipv4Addr::new(10, 0, 0, 10)));
-    assert_eq!(c.nat_ports, (40000, 40063));
+    assert_eq!(c.snat_ips, [Ipv4Addr::new(10, 0, 0, 10)]);
+    assert_eq!(c.nat_ports, NatPorts::Range(40000, 40063));
     assert_eq!(c.max_flows, 1024);
+    assert_eq!(c.max_embryos, 4096);
     assert!(c.keep_dataplane);
     assert!(!c.assign_vip);
 }
@@ -306,6 +313,10 @@ fn bad_flag_values_name_the_value() {
         ),
         (&["--max-flows", "many"], "max_flows 'many'"),
         (
+            &["--max-embryos", "1023"],
+            "max_embryos 1023 is below the minimum of 1024",
+        ),
+        (
             &["--max-flows", "5000000000"],
             "max_flows 5000000000 is above the maximum of 4294967295",
         ),
@@ -384,6 +395,17 @@ fn whole_command_line_checks() {
             "snat_ip 10.0.0.100 is the VIP of service \"10.0.0.100:6443/tcp\"",
         ),
         (
+            &[
+                "--backend",
+                "10.0.0.1:6443",
+                "--snat-ip",
+                "10.0.0.5",
+                "--snat-ip",
+                "10.0.0.5",
+            ],
+            "config error: command line: snat_ip 10.0.0.5 is given twice",
+        ),
+        (
             &["--backend", "10.0.0.100:6443"],
             "backend \"10.0.0.100:6443\" of service \"10.0.0.100:6443/tcp\" is on a VIP",
         ),
@@ -444,15 +466,15 @@ fn command_line_overrides_the_file() {
     assert_eq!(plain, Config::load_file(path).unwrap());
     assert_eq!(
         (
-            plain.snat_ip,
+            plain.snat_ips.clone(),
             plain.nat_ports,
             plain.max_flows,
             plain.keep_dataplane,
             plain.assign_vip
         ),
         (
-            Some(Ipv4Addr::new(10, 0, 0, 10)),
-            (30000, 30999),
+            vec![Ipv4Addr::new(10, 0, 0, 10)],
+            NatPorts::Range(30000, 30999),
             4096,
             false,
             true
@@ -474,15 +496,15 @@ fn command_line_overrides_the_file() {
     .unwrap();
     assert_eq!(
         (
-            over.snat_ip,
+            over.snat_ips.clone(),
             over.nat_ports,
             over.max_flows,
             over.keep_dataplane,
             over.assign_vip
         ),
         (
-            Some(Ipv4Addr::new(10, 0, 0, 11)),
-            (40000, 49999),
+            vec![Ipv4Addr::new(10, 0, 0, 11)],
+            NatPorts::Range(40000, 49999),
             8192,
             true,
             false
@@ -714,4 +736,87 @@ fn admin_flag() {
         &e,
         "\"9640\" is not ADDR:PORT (e.g. 127.0.0.1:9640) nor `off`",
     );
+}
+
+/// A pool of SNAT addresses: `snat_ips` in the file, or `--snat-ip` given
+/// more than once, which replaces the file's pool whole.
+#[test]
+fn snat_pool_from_the_file_or_repeated_flags() {
+    let ip = |last| Ipv4Addr::new(10, 0, 0, last);
+    let mut file = tempfile("toml");
+    write!(
+        file.1,
+        "snat_ips = [\"10.0.0.10\", \"10.0.0.11\", \"10.0.0.12\"]\n{}",
+        service("10.0.0.100", &["10.0.0.1:6443"])
+    )
+    .unwrap();
+    let path = file.0.to_str().unwrap();
+    let plain = from_flags(&["--config", path]).unwrap();
+    assert_eq!(
+        plain.snat_ips,
+        [ip(10), ip(11), ip(12)],
+        "in the file's order"
+    );
+    let over = from_flags(&[
+        "--config",
+        path,
+        "--snat-ip",
+        "10.0.0.21",
+        "--snat-ip",
+        "10.0.0.20",
+    ])
+    .unwrap();
+    assert_eq!(over.snat_ips, [ip(21), ip(20)]);
+    let _ = fs::remove_file(&file.0);
+
+    let single = from_flags(&[
+        "--vip",
+        "10.0.0.100",
+        "--backend",
+        "10.0.0.1:6443",
+        "--snat-ip",
+        "10.0.0.10",
+        "--snat-ip",
+        "10.0.0.11",
+    ])
+    .unwrap();
+    assert_eq!(single.snat_ips, [ip(10), ip(11)]);
+    let seventeen: Vec<String> = (1..=17).map(|i| format!("--snat-ip=10.0.1.{i}")).collect();
+    let mut argv = vec!["--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"];
+    argv.extend(seventeen.iter().map(String::as_str));
+    assert_has(
+        &format!("{:#}", from_flags(&argv).unwrap_err()),
+        "config error: command line: snat_ip: 17 addresses; at most 16 are supported",
+    );
+}
+
+/// `auto` (the default) or a range, from the flag or the file.
+#[test]
+fn nat_ports_auto_or_a_range() {
+    let base = ["--vip", "10.0.0.100", "--backend", "10.0.0.1:6443"];
+    let with = |extra: &[&str]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        from_flags(&all).unwrap().nat_ports
+    };
+    assert_eq!(with(&[]), NatPorts::Auto);
+    assert_eq!(with(&["--nat-ports", "auto"]), NatPorts::Auto);
+    assert_eq!(
+        with(&["--nat-ports", "1024-32767"]),
+        NatPorts::Range(1024, 32767)
+    );
+    let file = |v: &str| {
+        Config::from_toml_str(
+            &format!(
+                "nat_ports = \"{v}\"\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            FILE,
+        )
+        .unwrap()
+        .nat_ports
+    };
+    assert_eq!(file("auto"), NatPorts::Auto);
+    assert_eq!(file("61000-65535"), NatPorts::Range(61000, 65535));
+    assert_eq!(NatPorts::Range(61000, 65535).to_string(), "61000-65535");
 }

@@ -3,18 +3,19 @@
 //! keep their spans, for `FILE:LINE`.
 
 use anyhow::Result;
-use lb_common::maps::DEFAULT_MAX_FLOWS;
+use lb_common::maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS};
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
     check::{RawCheck, check_from_toml},
-    model::{CheckConfig, DEFAULT_NAT_PORTS, DEFAULT_PORT, Proto, Timeouts},
-    resolve::{Draft, DraftBackend, DraftService},
+    model::{CheckConfig, DEFAULT_PORT, NatPorts, Proto, Timeouts},
+    resolve::{Draft, DraftBackend, DraftService, SnatIps},
     source::{Loc, Source, span},
     values::{
-        check_max_flows, check_port, check_table_size, check_weight, parse_backend_addr,
-        parse_duration, parse_nat_ports, parse_snat_ip, parse_vip,
+        check_max_embryos, check_max_flows, check_port, check_table_size, check_weight,
+        parse_backend_addr, parse_duration, parse_nat_ports, parse_snat_ip, parse_snat_ips_entry,
+        parse_vip,
     },
     vrrp::RawVrrp,
 };
@@ -23,10 +24,12 @@ use super::{
 #[serde(deny_unknown_fields)]
 struct RawFile {
     snat_ip: Option<Spanned<String>>,
+    snat_ips: Option<Spanned<Vec<Spanned<String>>>>,
     nat_ports: Option<Spanned<String>>,
     // Integers are read as i64 (TOML's own type) and range-checked here,
     // so that the message names the key, not just "expected u16".
     max_flows: Option<Spanned<i64>>,
+    max_embryos: Option<Spanned<i64>>,
     keep_dataplane: Option<bool>,
     assign_vip: Option<bool>,
     maglev_table_size: Option<Spanned<i64>>,
@@ -87,17 +90,50 @@ impl Draft {
             src.error(&loc, e.message().trim())
         })?;
 
-        let snat_ip = match raw.snat_ip {
-            Some(s) => Some((src.check(&span(&s), parse_snat_ip(s.get_ref()))?, span(&s))),
-            None => None,
+        let snat_ips = match (raw.snat_ip, raw.snat_ips) {
+            (Some(_), Some(pool)) => {
+                return Err(src.error(
+                    &span(&pool),
+                    "snat_ip and snat_ips are both given: list every SNAT address in snat_ips \
+                     (its first is the one snat_ip would be)",
+                ));
+            }
+            (Some(s), None) => SnatIps {
+                key: "snat_ip",
+                ips: vec![(src.check(&span(&s), parse_snat_ip(s.get_ref()))?, span(&s))],
+            },
+            (None, Some(pool)) => {
+                if pool.get_ref().is_empty() {
+                    return Err(src.error(
+                        &span(&pool),
+                        "snat_ips is empty: leave it out to use the interface's primary address",
+                    ));
+                }
+                let mut ips = Vec::with_capacity(pool.get_ref().len());
+                for s in pool.into_inner() {
+                    ips.push((
+                        src.check(&span(&s), parse_snat_ips_entry(s.get_ref()))?,
+                        span(&s),
+                    ));
+                }
+                SnatIps {
+                    key: "snat_ips",
+                    ips,
+                }
+            }
+            (None, None) => SnatIps::default(),
         };
         let nat_ports = match raw.nat_ports {
             Some(s) => src.check(&span(&s), parse_nat_ports(s.get_ref()))?,
-            None => DEFAULT_NAT_PORTS,
+            None => NatPorts::Auto,
         };
         let max_flows = match raw.max_flows {
             Some(n) => src.check(&span(&n), check_max_flows(*n.get_ref()))?,
             None => DEFAULT_MAX_FLOWS,
+        };
+        let max_embryos = match raw.max_embryos {
+            Some(n) => src.check(&span(&n), check_max_embryos(*n.get_ref()))?,
+            None => DEFAULT_MAX_EMBRYOS,
         };
         let maglev_table_size = match raw.maglev_table_size {
             Some(n) => Some((
@@ -189,9 +225,10 @@ impl Draft {
         Ok(Draft {
             vrrp,
             services,
-            snat_ip,
+            snat_ips,
             nat_ports,
             max_flows,
+            max_embryos,
             keep_dataplane: raw.keep_dataplane.unwrap_or(false),
             assign_vip: raw.assign_vip.unwrap_or(true),
             maglev_table_size,

@@ -41,9 +41,12 @@ pub struct Overrides {
     pub on_down: Option<OnDown>,
 
     // Settings that win over the file; `None`: the file's, or the default.
-    pub snat_ip: Option<Ipv4Addr>,
-    pub nat_ports: Option<(u16, u16)>,
+    /// `--snat-ip`, each time it is given: the SNAT pool, replacing the
+    /// file's; empty: the file's.
+    pub snat_ips: Vec<Ipv4Addr>,
+    pub nat_ports: Option<super::NatPorts>,
     pub max_flows: Option<u32>,
+    pub max_embryos: Option<u32>,
     pub keep_dataplane: Option<bool>,
     pub assign_vip: Option<bool>,
     /// `--vrid` and its companions: one VRRP instance, replacing the file's.
@@ -65,9 +68,10 @@ impl Default for Overrides {
             rise: None,
             fall: None,
             on_down: None,
-            snat_ip: None,
+            snat_ips: Vec::new(),
             nat_ports: None,
             max_flows: None,
+            max_embryos: None,
             keep_dataplane: None,
             assign_vip: None,
             vrrp: None,

@@ -26,14 +26,14 @@ mod vrrp;
 pub use load::Overrides;
 pub use model::{
     BackendConfig, CheckConfig, CheckKind, Config, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_PATH,
-    DEFAULT_CHECK_TIMEOUT, DEFAULT_EXPECT, DEFAULT_FALL, DEFAULT_NAT_PORTS, DEFAULT_PORT,
-    DEFAULT_RISE, MAX_RISE_FALL, MAX_WEIGHT, MIN_CHECK_INTERVAL, MIN_MAX_FLOWS, MIN_NAT_PORTS,
-    OnDown, Proto, ServiceConfig, Timeouts, TlsCheck,
+    DEFAULT_CHECK_TIMEOUT, DEFAULT_EXPECT, DEFAULT_FALL, DEFAULT_PORT, DEFAULT_RISE,
+    FALLBACK_NAT_PORTS, MAX_RISE_FALL, MAX_WEIGHT, MIN_CHECK_INTERVAL, MIN_MAX_EMBRYOS,
+    MIN_MAX_FLOWS, MIN_NAT_PORTS, NatPorts, OnDown, Proto, ServiceConfig, Timeouts, TlsCheck,
 };
 pub use values::{
     BackendSpec, parse_backend_flag, parse_check_flag, parse_check_interval, parse_check_timeout,
-    parse_duration, parse_fall, parse_max_flows, parse_nat_ports, parse_priority, parse_rise,
-    parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
+    parse_duration, parse_fall, parse_max_embryos, parse_max_flows, parse_nat_ports,
+    parse_priority, parse_rise, parse_snat_ip, parse_unicast_peer, parse_vip, parse_vrid,
 };
 pub use vrrp::{
     DEFAULT_TRACK_WEIGHT, GarpConfig, NotifyConfig, TrackConfig, TrackInterface, TrackScript,

@@ -14,14 +14,18 @@ use serde::Deserialize;
 
 /// kube-apiserver's port, the service port when none is given.
 pub const DEFAULT_PORT: u16 = 6443;
-/// NAT source ports when none are given: below the kernel's default
-/// ephemeral range (32768–60999), so the node's own connections never
-/// collide with them.
-pub const DEFAULT_NAT_PORTS: (u16, u16) = (20000, 29999);
+/// NAT source ports when `nat_ports = "auto"` finds less room than this
+/// outside the kernel's ephemeral range (`ip_local_port_range`): the
+/// agent then reserves them there (`ip_local_reserved_ports`). The
+/// default before "auto", so a node never gets fewer ports than it had.
+pub const FALLBACK_NAT_PORTS: (u16, u16) = (20000, 29999);
 /// Fewer ports than this could not carry a useful number of connections.
 pub const MIN_NAT_PORTS: u32 = 64;
 /// A smaller flow table would be exhausted by a handful of busy clients.
 pub const MIN_MAX_FLOWS: u32 = 1024;
+/// A smaller table of half-open connections would lose legitimate
+/// handshakes to a trickle of SYNs.
+pub const MIN_MAX_EMBRYOS: u32 = 1024;
 /// Weights are spread over a Maglev table; larger ones buy nothing.
 pub const MAX_WEIGHT: u32 = 65535;
 /// haproxy's `inter 2s rise 2 fall 3`: a dead apiserver is out after ~6s,
@@ -45,12 +49,16 @@ pub const DEFAULT_EXPECT: u16 = 200;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
-    /// Source of NATed packets; `None`: the interface's primary IPv4,
-    /// resolved by the agent.
-    pub snat_ip: Option<Ipv4Addr>,
-    /// NAT source ports, inclusive.
-    pub nat_ports: (u16, u16),
+    /// Sources of NATed packets (`snat_ip`, or the pool `snat_ips`), at
+    /// most [`MAX_SNAT_IPS`](lb_common::service::MAX_SNAT_IPS), no two
+    /// alike; empty: the interface's primary IPv4, resolved by the agent.
+    pub snat_ips: Vec<Ipv4Addr>,
+    /// NAT source ports, per SNAT address and backend.
+    pub nat_ports: NatPorts,
     pub max_flows: u32,
+    /// Size of the table of half-open TCP connections (EMBRYOS, an LRU:
+    /// a flood evicts the oldest).
+    pub max_embryos: u32,
     /// On SIGTERM leave the program attached and the maps pinned.
     pub keep_dataplane: bool,
     /// Add the VIPs to the interface at start and remove them at exit.
@@ -61,6 +69,27 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// VRRP instances; none: the node owns its VIPs alone.
     pub vrrp: Vec<super::VrrpConfig>,
+}
+
+/// NAT source ports, as configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NatPorts {
+    /// The largest block of ports from 1024 up outside the kernel's
+    /// ephemeral range (`ip_local_port_range`), found by the agent.
+    #[default]
+    Auto,
+    /// These, inclusive.
+    Range(u16, u16),
+}
+
+/// As `nat_ports` is written: `auto`, `LO-HI`.
+impl fmt::Display for NatPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatPorts::Auto => f.write_str("auto"),
+            NatPorts::Range(lo, hi) => write!(f, "{lo}-{hi}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

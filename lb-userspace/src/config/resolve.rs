@@ -11,15 +11,13 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     maglev::{ENTRIES_PER_BACKEND, MAX_TABLE_SIZE, TABLE_SIZES},
-    maps::DEFAULT_MAX_FLOWS,
-    service::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES},
+    maps::{DEFAULT_MAX_EMBRYOS, DEFAULT_MAX_FLOWS},
+    service::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_IPS},
 };
 
 use super::{
     load::Overrides,
-    model::{
-        BackendConfig, CheckConfig, Config, DEFAULT_NAT_PORTS, Proto, ServiceConfig, Timeouts,
-    },
+    model::{BackendConfig, CheckConfig, Config, NatPorts, Proto, ServiceConfig, Timeouts},
     source::{Loc, Source},
     values::{check_timing, default_timeout},
     vrrp::{
@@ -30,9 +28,10 @@ use super::{
 /// Parsed values, before the checks that need all of them.
 pub(super) struct Draft {
     pub(super) services: Vec<DraftService>,
-    pub(super) snat_ip: Option<(Ipv4Addr, Loc)>,
-    pub(super) nat_ports: (u16, u16),
+    pub(super) snat_ips: SnatIps,
+    pub(super) nat_ports: NatPorts,
     pub(super) max_flows: u32,
+    pub(super) max_embryos: u32,
     pub(super) keep_dataplane: bool,
     pub(super) assign_vip: bool,
     pub(super) maglev_table_size: Option<(u32, Loc)>,
@@ -40,6 +39,14 @@ pub(super) struct Draft {
     /// Each instance, where it was written, and the services its `track`
     /// names (checked once the services are known).
     pub(super) vrrp: Vec<DraftVrrp>,
+}
+
+/// The SNAT addresses as written (none: the interface's), and the key or
+/// flag that gave them, for messages.
+#[derive(Default)]
+pub(super) struct SnatIps {
+    pub(super) key: &'static str,
+    pub(super) ips: Vec<(Ipv4Addr, Loc)>,
 }
 
 pub(super) struct DraftService {
@@ -108,9 +115,10 @@ impl Draft {
                 backends,
                 check: check_from_flags(flags)?,
             }],
-            snat_ip: None,
-            nat_ports: DEFAULT_NAT_PORTS,
+            snat_ips: SnatIps::default(),
+            nat_ports: NatPorts::Auto,
             max_flows: DEFAULT_MAX_FLOWS,
+            max_embryos: DEFAULT_MAX_EMBRYOS,
             keep_dataplane: false,
             assign_vip: true,
             maglev_table_size: None,
@@ -123,14 +131,24 @@ impl Draft {
 
     /// Flags given on the command line win over the file.
     pub(super) fn override_with(&mut self, flags: &Overrides) -> Result<()> {
-        if let Some(ip) = flags.snat_ip {
-            self.snat_ip = Some((ip, Loc::CommandLine));
+        if !flags.snat_ips.is_empty() {
+            self.snat_ips = SnatIps {
+                key: "snat_ip",
+                ips: flags
+                    .snat_ips
+                    .iter()
+                    .map(|ip| (*ip, Loc::CommandLine))
+                    .collect(),
+            };
         }
         if let Some(ports) = flags.nat_ports {
             self.nat_ports = ports;
         }
         if let Some(n) = flags.max_flows {
             self.max_flows = n;
+        }
+        if let Some(n) = flags.max_embryos {
+            self.max_embryos = n;
         }
         if let Some(keep) = flags.keep_dataplane {
             self.keep_dataplane = keep;
@@ -247,17 +265,7 @@ impl Draft {
             ));
         }
 
-        if let Some((ip, loc)) = &self.snat_ip
-            && let Some(s) = services.iter().find(|s| s.vip == *ip)
-        {
-            return Err(src.error(
-                loc,
-                format!(
-                    "snat_ip {ip} is the VIP of service \"{}\"; NATed packets need an address of their own",
-                    s.name
-                ),
-            ));
-        }
+        let snat_ips = check_snat_ips(src, &self.snat_ips, &services)?;
 
         // Maglev spreads a service over its table evenly only with enough
         // slots per backend (lb_common::maglev::ENTRIES_PER_BACKEND).
@@ -299,15 +307,53 @@ impl Draft {
         Ok(Config {
             vrrp,
             services,
-            snat_ip: self.snat_ip.map(|(ip, _)| ip),
+            snat_ips,
             nat_ports: self.nat_ports,
             max_flows: self.max_flows,
+            max_embryos: self.max_embryos,
             keep_dataplane: self.keep_dataplane,
             assign_vip: self.assign_vip,
             maglev_table_size: table_size,
             timeouts: self.timeouts,
         })
     }
+}
+
+/// The SNAT pool: no service's VIP in it (a VIP's replies and NATed
+/// packets would be told apart by port alone, and the VIP moves), no
+/// address twice (the data plane would count its ports twice), at most
+/// [`MAX_SNAT_IPS`] (the size of SNAT_IPS).
+fn check_snat_ips(
+    src: &Source,
+    pool: &SnatIps,
+    services: &[ServiceConfig],
+) -> Result<Vec<Ipv4Addr>> {
+    let key = pool.key;
+    if let Some((_, loc)) = pool.ips.get(MAX_SNAT_IPS as usize) {
+        return Err(src.error(
+            loc,
+            format!(
+                "{key}: {} addresses; at most {MAX_SNAT_IPS} are supported",
+                pool.ips.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (ip, loc) in &pool.ips {
+        if let Some(s) = services.iter().find(|s| s.vip == *ip) {
+            return Err(src.error(
+                loc,
+                format!(
+                    "{key} {ip} is the VIP of service \"{}\"; NATed packets need an address of their own",
+                    s.name
+                ),
+            ));
+        }
+        if !seen.insert(*ip) {
+            return Err(src.error(loc, format!("{key} {ip} is given twice")));
+        }
+    }
+    Ok(pool.ips.iter().map(|(ip, _)| *ip).collect())
 }
 
 /// The instances, checked against each other and the services: VIPs

@@ -12,7 +12,8 @@ use rustls::pki_types::ServerName;
 
 use super::model::{
     CheckKind, DEFAULT_CHECK_PATH, DEFAULT_CHECK_TIMEOUT, DEFAULT_EXPECT, MAX_RISE_FALL,
-    MAX_WEIGHT, MIN_CHECK_INTERVAL, MIN_MAX_FLOWS, MIN_NAT_PORTS, TlsCheck,
+    MAX_WEIGHT, MIN_CHECK_INTERVAL, MIN_MAX_EMBRYOS, MIN_MAX_FLOWS, MIN_NAT_PORTS, NatPorts,
+    TlsCheck,
 };
 
 /// One `--backend IP:PORT[@WEIGHT]`.
@@ -122,6 +123,11 @@ pub fn parse_snat_ip(s: &str) -> Result<Ipv4Addr, String> {
     parse_unicast("snat_ip", s)
 }
 
+/// One address of `snat_ips` in the file.
+pub(super) fn parse_snat_ips_entry(s: &str) -> Result<Ipv4Addr, String> {
+    parse_unicast("snat_ips", s)
+}
+
 /// A backend's `IP:PORT`; `label` is what the user wrote, for messages.
 pub(super) fn parse_backend_addr(label: &str, s: &str) -> Result<SocketAddrV4, String> {
     let bad = |why: &str| format!("backend '{label}': {why}");
@@ -181,12 +187,16 @@ pub fn parse_backend_flag(s: &str) -> Result<BackendSpec, String> {
     })
 }
 
-/// `--nat-ports`, and `nat_ports` in the file: `LO-HI`, inclusive.
-pub fn parse_nat_ports(s: &str) -> Result<(u16, u16), String> {
+/// `--nat-ports`, and `nat_ports` in the file: `auto`, or `LO-HI`,
+/// inclusive.
+pub fn parse_nat_ports(s: &str) -> Result<NatPorts, String> {
     let bad = |why: String| format!("nat_ports '{s}': {why}");
+    if s.trim() == "auto" {
+        return Ok(NatPorts::Auto);
+    }
     let (lo, hi) = s
         .split_once('-')
-        .ok_or_else(|| bad("write LO-HI, e.g. 20000-29999".into()))?;
+        .ok_or_else(|| bad("write LO-HI, e.g. 20000-29999, or auto".into()))?;
     let port = |p: &str| {
         p.trim()
             .parse::<u16>()
@@ -207,19 +217,23 @@ pub fn parse_nat_ports(s: &str) -> Result<(u16, u16), String> {
             "only {count} ports; at least {MIN_NAT_PORTS} are needed"
         )));
     }
-    Ok((lo, hi))
+    Ok(NatPorts::Range(lo, hi))
 }
 
 pub(super) fn check_max_flows(n: i64) -> Result<u32, String> {
+    check_entries("max_flows", n, MIN_MAX_FLOWS)
+}
+
+pub(super) fn check_max_embryos(n: i64) -> Result<u32, String> {
+    check_entries("max_embryos", n, MIN_MAX_EMBRYOS)
+}
+
+/// A map's size `key`: at least `min` entries.
+fn check_entries(key: &str, n: i64, min: u32) -> Result<u32, String> {
     match u32::try_from(n) {
-        Ok(n) if n >= MIN_MAX_FLOWS => Ok(n),
-        Err(_) if n > 0 => Err(format!(
-            "max_flows {n} is above the maximum of {}",
-            u32::MAX
-        )),
-        _ => Err(format!(
-            "max_flows {n} is below the minimum of {MIN_MAX_FLOWS}"
-        )),
+        Ok(n) if n >= min => Ok(n),
+        Err(_) if n > 0 => Err(format!("{key} {n} is above the maximum of {}", u32::MAX)),
+        _ => Err(format!("{key} {n} is below the minimum of {min}")),
     }
 }
 
@@ -245,6 +259,14 @@ pub fn parse_max_flows(s: &str) -> Result<u32, String> {
         .parse::<i64>()
         .map_err(|_| format!("max_flows '{s}' is not a whole number"))?;
     check_max_flows(n)
+}
+
+/// `--max-embryos`.
+pub fn parse_max_embryos(s: &str) -> Result<u32, String> {
+    let n = s
+        .parse::<i64>()
+        .map_err(|_| format!("max_embryos '{s}' is not a whole number"))?;
+    check_max_embryos(n)
 }
 
 /// `--check`: `tcp`, `http:PATH`, `https:PATH` or `none`; http(s) expect

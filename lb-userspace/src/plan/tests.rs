@@ -57,6 +57,7 @@ struct World {
     drained: BTreeSet<SocketAddrV4>,
     role: Role,
     local: BTreeSet<Ipv4Addr>,
+    snat_ips: Vec<Ipv4Addr>,
 }
 
 impl World {
@@ -67,6 +68,7 @@ impl World {
             drained: BTreeSet::new(),
             role: Role::Master,
             local: BTreeSet::new(),
+            snat_ips: vec![Ipv4Addr::new(192, 168, 31, 10)],
         }
     }
 
@@ -78,7 +80,8 @@ impl World {
             drained: &self.drained,
             role: self.role,
             local: &self.local,
-            snat_ip: Ipv4Addr::new(192, 168, 31, 10),
+            snat_ips: &self.snat_ips,
+            nat_ports: (1024, 32767),
             ticks_per_s: 250,
             fence_after: None,
             vrrp_vips: None,
@@ -288,6 +291,78 @@ fn backup_fences_the_data_plane_and_holds_no_vip_and_master_takes_both_back() {
     assert_eq!(d.vips.len(), 1);
 }
 
+/// The SNAT pool reaches SNAT_IPS before the CONFIG whose `snat_count`
+/// makes it reachable; a smaller pool leaves the entries past its end as
+/// they were (a packet that read the old CONFIG may still index them); an
+/// agent that adopts the maps rewrites nothing.
+#[test]
+fn the_snat_pool_goes_into_snat_ips_before_config_counts_it() {
+    let ip = |last| Ipv4Addr::new(192, 168, 31, last);
+    let mut r = reconciler();
+    let mut w = World::new(config(&[(88, &[(1, 1)])]));
+    w.snat_ips = vec![ip(10), ip(11), ip(12)];
+    let d = apply(&mut r, &w);
+    assert_eq!(d.snat_ips, w.snat_ips, "the plan carries the pool in order");
+    let maps = r.maps();
+    assert_eq!(
+        maps.snat_ips[..3],
+        [ip(10), ip(11), ip(12)].map(|a| a.octets())
+    );
+    assert_eq!(
+        (maps.config.snat_ip, maps.config.snat_count),
+        (ip(10).octets(), 3)
+    );
+    let config_at = maps
+        .writes
+        .iter()
+        .position(|w| matches!(w, Write::Config(_)))
+        .unwrap();
+    let last_pool_write = maps
+        .writes
+        .iter()
+        .rposition(|w| matches!(w, Write::SnatIp(..)))
+        .unwrap();
+    assert!(last_pool_write < config_at, "{:?}", maps.writes);
+
+    w.snat_ips = vec![ip(10), ip(13)];
+    r.maps_mut_for_test().writes.clear();
+    let said = r.apply(&w.plan()).unwrap();
+    assert!(
+        said.contains("SNAT addresses: 192.168.31.10, 192.168.31.13"),
+        "{said}"
+    );
+    let maps = r.maps();
+    assert_eq!(
+        maps.writes[0],
+        Write::SnatIp(1, ip(13).octets()),
+        "only the entry that changed, first: {:?}",
+        maps.writes
+    );
+    assert_eq!(maps.config.snat_count, 2);
+    assert_eq!(maps.snat_ips[2], ip(12).octets(), "not cleared");
+
+    // A restarted agent finds the pool in place.
+    let mut again = Reconciler::adopt(r.maps().clone(), TABLE).unwrap();
+    again.maps_mut_for_test().writes.clear();
+    again.apply(&w.plan()).unwrap();
+    assert!(
+        !again
+            .maps()
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::SnatIp(..))),
+        "{:?}",
+        again.maps().writes
+    );
+
+    // The planner's inputs come checked; the reconciler refuses a pool the
+    // map cannot hold all the same.
+    w.snat_ips = (1..=17).map(ip).collect();
+    assert!(r.apply(&w.plan()).is_err());
+    w.snat_ips.clear();
+    assert!(r.apply(&w.plan()).is_err());
+}
+
 #[test]
 fn no_vip_is_planned_when_the_config_says_not_to_assign_it() {
     let mut w = World::new(config(&[(88, &[(1, 1)])]));
@@ -380,17 +455,26 @@ fn adopting_a_running_data_plane_keeps_ids_and_tables() {
 fn every_intermediate_state_sends_packets_only_to_backends_of_the_service() {
     let mut r = reconciler();
     let mut w = World::new(config(&[(88, &[(1, 1), (2, 1)]), (89, &[(3, 1)])]));
+    let pool = |last: &[u8]| -> Vec<Ipv4Addr> {
+        last.iter()
+            .map(|&l| Ipv4Addr::new(192, 168, 31, l))
+            .collect()
+    };
+    w.snat_ips = pool(&[10, 11, 12]);
     apply(&mut r, &w);
     let mut shadow = r.maps().clone();
     shadow.writes.clear();
     r.maps_mut_for_test().writes.clear();
     w.config = config(&[(88, &[(3, 1), (4, 1)]), (89, &[(2, 1)])]);
+    w.snat_ips = pool(&[13, 11]);
     apply(&mut r, &w);
+    let snat_allowed: BTreeSet<u8> = BTreeSet::from([10, 11, 12, 13]);
     let allowed_before: [BTreeSet<u8>; 2] = [BTreeSet::from([1, 2]), BTreeSet::from([3])];
     let allowed_after: [BTreeSet<u8>; 2] = [BTreeSet::from([3, 4]), BTreeSet::from([2])];
     for write in r.maps().writes.clone() {
         match write {
             Write::Config(c) => shadow.config = c,
+            Write::SnatIp(i, ip) => shadow.snat_ips[i as usize] = ip,
             Write::Backend(id, b) => shadow.backends[id as usize] = b,
             Write::Slot(i, v) => shadow.maglev[i as usize] = v,
             Write::Service(k, s) => {
@@ -400,6 +484,13 @@ fn every_intermediate_state_sends_packets_only_to_backends_of_the_service() {
             Write::RemoveService(k) => {
                 shadow.services.remove(&k);
             }
+        }
+        // The pool a new connection draws from: old or new addresses only.
+        for ip in &shadow.snat_ips[..shadow.config.snat_count as usize] {
+            assert!(
+                snat_allowed.contains(&ip[3]),
+                "after {write:?}, a new flow could come from {ip:?}"
+            );
         }
         for (n, vip) in [88u8, 89].into_iter().enumerate() {
             let Some(table) = shadow.live_table(&key(vip)) else {
@@ -426,7 +517,8 @@ fn with_vrrp_a_master_holds_only_the_vips_of_its_instances_and_fences_on_a_timer
         drained: &w.drained,
         role: Role::Master,
         local: &w.local,
-        snat_ip: Ipv4Addr::LOCALHOST,
+        snat_ips: &[Ipv4Addr::LOCALHOST],
+        nat_ports: (1024, 32767),
         ticks_per_s: 250,
         fence_after: Some(std::time::Duration::from_millis(300)),
         vrrp_vips: Some(&owned),

@@ -3,7 +3,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use crate::config::{
-    BackendConfig, CheckConfig, CheckKind, Config, OnDown, Proto, ServiceConfig, Timeouts,
+    BackendConfig, CheckConfig, CheckKind, Config, NatPorts, OnDown, Proto, ServiceConfig,
+    Timeouts,
     test_support::{FILE, addr, apiserver_check, assert_has, service, toml_err},
 };
 
@@ -11,6 +12,7 @@ const FULL: &str = r#"
 snat_ip = "192.168.31.71"
 nat_ports = "30000-30999"
 max_flows = 65536
+max_embryos = 262144
 keep_dataplane = true
 assign_vip = false
 maglev_table_size = 65521
@@ -105,9 +107,10 @@ fn full_file() {
                     },
                 },
             ],
-            snat_ip: Some(Ipv4Addr::new(192, 168, 31, 71)),
-            nat_ports: (30000, 30999),
+            snat_ips: vec![Ipv4Addr::new(192, 168, 31, 71)],
+            nat_ports: NatPorts::Range(30000, 30999),
             max_flows: 65536,
+            max_embryos: 262_144,
             keep_dataplane: true,
             assign_vip: false,
             maglev_table_size: 65521,
@@ -274,10 +277,62 @@ fn file_errors_name_file_line_and_value() {
         ),
         (
             format!(
+                "snat_ip = \"10.0.0.5\"\nsnat_ips = [\"10.0.0.6\"]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:2: snat_ip and snat_ips are both given"),
+        ),
+        (
+            format!(
+                "snat_ips = []\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:1: snat_ips is empty"),
+        ),
+        (
+            format!(
+                "snat_ips = [\n  \"10.0.0.5\",\n  \"224.0.0.1\",\n]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:3: snat_ips '224.0.0.1' is a multicast address"),
+        ),
+        (
+            format!(
+                "snat_ips = [\n  \"10.0.0.5\",\n  \"10.0.0.6\",\n  \"10.0.0.5\",\n]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:4: snat_ips 10.0.0.5 is given twice"),
+        ),
+        (
+            format!(
+                "snat_ips = [\n  \"10.0.0.5\",\n  \"10.0.0.100\",\n]\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:3: snat_ips 10.0.0.100 is the VIP of service \"10.0.0.100:6443/tcp\""),
+        ),
+        (
+            format!(
+                "snat_ips = [\n{}]\n{}",
+                (1..=17)
+                    .map(|i| format!("  \"10.0.1.{i}\",\n"))
+                    .collect::<String>(),
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:18: snat_ips: 17 addresses; at most 16 are supported"),
+        ),
+        (
+            format!(
                 "max_flows = 1000\n{}",
                 service("10.0.0.100", &["10.0.0.1:6443"])
             ),
             format!("{FILE}:1: max_flows 1000 is below the minimum of 1024"),
+        ),
+        (
+            format!(
+                "max_embryos = 1000\n{}",
+                service("10.0.0.100", &["10.0.0.1:6443"])
+            ),
+            format!("{FILE}:1: max_embryos 1000 is below the minimum of 1024"),
         ),
         (
             format!(
