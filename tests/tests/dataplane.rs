@@ -1572,6 +1572,88 @@ fn nat_port_exhaustion_drops_new_flows() {
     });
 }
 
+/// Row 12d: a pool of SNAT addresses multiplies a backend's NAT ports:
+/// with one port per address, two connections to one backend both get a
+/// (SNAT address, port) pair, a third finds none.
+#[test]
+fn a_snat_pool_adds_ports_per_address() {
+    in_own_netns("a_snat_pool_adds_ports_per_address", || {
+        let mut dp = Dataplane::start();
+        let snat2 = Ipv4Addr::new(10, 0, 0, 3);
+        dp.change(|d| {
+            d.nat_ports = (20000, 20000);
+            d.snat_ips = vec![SNAT, snat2];
+        });
+        dp.set_api_weights([1, 0, 0]);
+        // A connection from CLIENT:`port`, from whichever pool address the
+        // program chose (the rest of the frame checked as in `open`).
+        let open_from_pool = |port: u16| {
+            let client = addr(CLIENT, port);
+            let vip = addr(VIP, API_PORT);
+            let (backend_id, backend) = dp.maglev_choice(client, vip, PROTO_TCP);
+            let mac = mac_of_backend(*backend.ip());
+            let (ret, out) = dp.run(&syn(client_to_vip(port)).build());
+            assert_eq!(ret, 3, "12d SYN from port {port}: XDP_TX expected");
+            let snat = addr(
+                Ipv4Addr::new(out[26], out[27], out[28], out[29]),
+                u16::from_be_bytes([out[34], out[35]]),
+            );
+            assert_eq!(
+                out,
+                syn(wire(LB_MAC, snat, mac, backend)).build(),
+                "12d SYN from port {port}: NATed frame"
+            );
+            let conn = Connection {
+                client,
+                vip,
+                snat,
+                backend,
+                backend_id,
+                service: 0,
+                proto: PROTO_TCP,
+            };
+            dp.check(&Case::new(
+                "12d the backend's SYN-ACK",
+                syn_ack(wire(mac, backend, LB_MAC, snat)).build(),
+                Action::Tx,
+                Reason::TxReply,
+                Out::Frame(syn_ack(wire(LB_MAC, vip, CLIENT_MAC, client)).build()),
+            ));
+            (conn, mac)
+        };
+        let (a, a_mac) = open_from_pool(40000);
+        dp.check(&Case::new(
+            "12d the first connection's ACK",
+            request(client_to_vip(40000)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, a.snat, a_mac, a.backend)).build()),
+        ));
+        let (b, b_mac) = open_from_pool(40001);
+        dp.check(&Case::new(
+            "12d the second connection's ACK",
+            request(client_to_vip(40001)).build(),
+            Action::Tx,
+            Reason::TxForward,
+            Out::Frame(request(wire(LB_MAC, b.snat, b_mac, b.backend)).build()),
+        ));
+        let mut used = [*a.snat.ip(), *b.snat.ip()];
+        used.sort();
+        assert_eq!(
+            used,
+            [SNAT, snat2],
+            "the two connections must hold one SNAT address each"
+        );
+        dp.check(&Case::drop(
+            "12d a third connection to the backend finds no pair",
+            syn(client_to_vip(40002)).build(),
+            Reason::DropNatPortsExhausted,
+        ));
+        a.both_ways(&dp, a_mac, "12d the first connection goes on");
+        b.both_ways(&dp, b_mac, "12d the second connection goes on");
+    });
+}
+
 /// Row 12b: a NAT port held only by a half-open connection (a SYN flood's)
 /// goes to a new connection when the backend has no other: the old one can
 /// no longer complete, the new one can. What the backend still says about
