@@ -273,10 +273,18 @@ pub fn backend_synack(entry: EmbryoRef, emb: &Embryo, seq: u32, ack: u32) -> Ste
     Step::Forward
 }
 
-/// The backend's answer (not an RST) on the reply half `half` at `key` of
-/// a connection picked up mid-stream: the backend knows it, so it is real.
+/// The backend's answer (not an RST, not a SYN-ACK) on the reply half
+/// `half` at `key` (read as `emb`). For a connection picked up mid-stream
+/// the backend knows it, so it is real. One opened by a SYN proves real
+/// only by its client's ACK of the SYN-ACK: a backend's segment that is not
+/// the SYN-ACK (its challenge ACK to a SYN on a 4-tuple it still holds, a
+/// late segment of an older connection on this NAT port) does not show the
+/// client is there, so it is forwarded and promotes nothing.
 #[inline(always)]
-pub fn backend_answer(key: &FlowKey, half: EmbryoRef, now: &Now) -> Step {
+pub fn backend_answer(key: &FlowKey, half: EmbryoRef, emb: &Embryo, now: &Now) -> Step {
+    if emb.state & EMBRYO_SYN != 0 {
+        return Step::Forward;
+    }
     match partner(key, half) {
         Some((fwd_key, fwd)) => promote(&fwd_key, fwd, key, half, SEEN_ACK, now),
         None => Step::Forward,

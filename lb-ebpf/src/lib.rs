@@ -245,7 +245,7 @@ fn half_open(
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
         embryo::backend_synack(entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
     } else {
-        embryo::backend_answer(&key, entry, now)
+        embryo::backend_answer(&key, entry, &emb, now)
     };
     match step {
         Step::Forward => {}
