@@ -7,50 +7,88 @@
 //! checked against these invariants:
 //!
 //! 1. A frame that is not ours (not addressed to a service, not a packet of
-//!    a NATed flow) leaves with XDP_PASS, byte for byte as it came: the
-//!    program never rewrites what is not its own.
-//! 2. No flow is made for it. The test keeps a model of FLOWS (the flows
-//!    the frames to services must have opened: Maglev's backend, the first
-//!    free NAT port of the program's probe sequence) and every 4096 frames
-//!    compares the kernel's table with it, entry for entry: the count grows
-//!    by two per connection opened and by nothing else, and no key names a
-//!    client that never sent a frame to a service.
-//! 3. The reason counters add up: over every window of frames the deltas of
+//!    a NATed flow or of a half-open connection) leaves with XDP_PASS, byte
+//!    for byte as it came: the program never rewrites what is not its own.
+//! 2. No state is made for it. The test keeps a model of FLOWS and of
+//!    EMBRYOS (the half-open TCP connections), and every 4096 frames
+//!    compares both of the kernel's tables with it, entry for entry (the
+//!    rewrite, direction, backend and service; in EMBRYOS also the client's
+//!    ISN + 1, the recorded SYN-ACK and the state): FLOWS grows by two
+//!    entries per connection put in (a UDP flow opened, a TCP connection
+//!    promoted) and by nothing else, no key of either names a client that
+//!    never sent a frame to a service, and no key is in both.
+//! 3. The counters add up: over every window of frames the deltas of
 //!    REASON_STATS sum to the frames run and their bytes, exactly, and each
 //!    reason's delta is the number of frames the model gave that reason
 //!    (`pass_no_neigh` and `pass_fib_other` are counted together: which one
 //!    a client address that is not a neighbour gets is the kernel FIB's
-//!    business).
+//!    business); every 4096 frames, EMBRYO_STATS (opened, promoted,
+//!    reclaimed, reset) and each service's `new_flows` moved exactly by the
+//!    events the model saw (a TCP connection counts as new when promoted).
 //! 4. A frame to a service is either dropped, unchanged, with the reason
-//!    for what is wrong with it, or NATed: exactly the backend, NAT port
-//!    and flow the model expects, only addresses, ports, checksums and (on
-//!    XDP_TX) MACs changed, and both checksums (IPv4 header; TCP/UDP with
-//!    the pseudo-header, over the IPv4 total length) verify when they did
-//!    on input. NAT patches checksums (RFC 1624), so a frame whose checksum
+//!    for what is wrong with it (or `drop_rst_no_flow` for an RST of no
+//!    connection, `drop_embryo_lost` for what a half-open connection must
+//!    not pass), or NATed: exactly the backend, NAT port and half the
+//!    model expects, only addresses, ports, checksums and (on XDP_TX) MACs
+//!    changed, and both checksums (IPv4 header; TCP/UDP with the
+//!    pseudo-header, over the IPv4 total length) verify when they did on
+//!    input. NAT patches checksums (RFC 1624), so a frame whose checksum
 //!    was already wrong must leave with exactly the same error: that is
 //!    checked too. A UDP checksum of 0 ("none") stays 0.
-//! 5. A TCP and a UDP connection established before the fuzz still NAT,
-//!    byte for byte, to the same backend and NAT port afterwards.
+//! 5. A TCP and a UDP connection established before the fuzz (the TCP one
+//!    by its whole handshake) still NAT, byte for byte, to the same backend
+//!    and NAT port afterwards.
+//!
+//! What the model holds the program to for TCP (lb-ebpf embryo.rs, and
+//! lb-common's `Embryo`): a packet of no known connection, but an RST,
+//! opens a half-open connection, both halves in EMBRYOS and nothing in
+//! FLOWS, on the first NAT port of the probe sequence that neither table
+//! holds, or else the port of the oldest half-open connection probed
+//! (reclaimed); an RST of either side removes it; a SYN-opened one records
+//! the backend's SYN-ACK if it acknowledges the client's SYN (else drops
+//! it), and is promoted into FLOWS by the client's ACK of exactly that
+//! SYN-ACK, and by nothing else; one picked up mid-stream is promoted by
+//! the backend's first answer that is neither an RST nor a SYN-ACK; a
+//! client's ACK whose reply half is gone (or another connection's) is
+//! dropped and its half removed, while the other packets of such an
+//! orphaned half are still NATed by it; a promotion FLOWS has no room for
+//! is dropped and the connection stays half-open.
 //!
 //! The model re-states the program's documented rules on bytes (which
-//! ethertypes, IHL, fragments, length checks, what is a service); it never
-//! sees how a frame was made, only its bytes. Where it asks more than the
-//! program does, that is a bug found. The first one: a UDP header cut
-//! short by the IPv4 total length (both lengths agreeing on fewer than 8
-//! bytes) was NATed; lb-ebpf's `validate` now drops it (see [`validate`]).
+//! ethertypes, IHL, fragments, length checks, what is a service, the
+//! handshake's numbers); it never sees how a frame was made, only its
+//! bytes. Where it asks more than the program does, that is a bug found.
+//! The first one: a UDP header cut short by the IPv4 total length (both
+//! lengths agreeing on fewer than 8 bytes) was NATed; lb-ebpf's `validate`
+//! now drops it (see [`validate`]). The second: any backend packet but an
+//! RST or a SYN-ACK promoted a half-open connection opened by a SYN, which
+//! only its client's ACK of the SYN-ACK may (see `Model::backend_answer`).
 //!
 //! Frames: first every truncation (0..=len bytes) of a dozen templates and
 //! every single-bit flip of the headers of an established connection's
 //! packets both ways; then random ones: SYN/ACK/data/FIN/RST to the TCP
-//! service, datagrams to the UDP service, packets of NATed flows both ways,
-//! replies to NAT ports without a flow, the node's own traffic, other IP
-//! protocols, ARP, IPv6, 802.1Q and QinQ tags before IPv4, random bytes
-//! (raw, after an Ethernet header, after an IPv4 header). About half the
-//! IPv4 ones are mutated: bit flips, truncation, IPv4 total length and UDP
-//! length lies, IHL changes, IP option bytes, TCP data offset and flags,
-//! fragment offsets and MF, version and protocol changes, Ethernet padding,
-//! the ethertype; half of the mutated frames get their checksums fixed
-//! afterwards, so a receiver that checks them would take the frame.
+//! service, datagrams to the UDP service, packets of NATed flows and of
+//! half-open connections both ways (backends' SYN-ACKs acknowledging the
+//! client's SYN, mostly, and clients' ACKs of recorded SYN-ACKs, mostly
+//! exact, to complete handshakes), replies to NAT ports without a flow,
+//! the node's own traffic, other IP protocols, ARP, IPv6, 802.1Q and QinQ
+//! tags before IPv4, random bytes (raw, after an Ethernet header, after an
+//! IPv4 header). About half the IPv4 ones are mutated: bit flips,
+//! truncation, IPv4 total length and UDP length lies, IHL changes, IP
+//! option bytes, TCP data offset and flags, fragment offsets and MF,
+//! version and protocol changes, Ethernet padding, the ethertype; half of
+//! the mutated frames get their checksums fixed afterwards, so a receiver
+//! that checks them would take the frame.
+//!
+//! The test stands in for the agent's ageing of FLOWS (it removes all but
+//! the established connections' flows now and then) and for EMBRYOS' LRU:
+//! every 4096 frames it removes a few entries at random (1%), each half
+//! on its own, which leaves orphans (halves whose other half is gone, or
+//! whose NAT port another connection takes); the rest pile up until
+//! half-open connections hold most NAT ports of the TCP backends, so that
+//! new ones must reclaim ports, and above 40 000 entries three in four
+//! go. It keeps EMBRYOS far from full, so that the kernel never evicts by
+//! itself, which the model could not follow.
 //!
 //! Settings, from the environment (numbers may have `_`s; the seed may be
 //! hex `0x...`):
@@ -64,12 +102,18 @@
 //! A failure prints the seed, the frame's index, how it was made, its
 //! bytes and the program's output (hex), and the settings that replay the
 //! run up to it: the run is deterministic for a seed (the checking windows
-//! do not change it).
+//! do not change it). The one thing the kernel's clock decides, which
+//! half-open connection is the oldest when a port must be reclaimed (many
+//! are born in the same jiffy), the test takes from the model: it stamps
+//! the candidates' birth times in EMBRYOS, in the model's order, before
+//! such a frame runs (see `Model::prepare`).
 //!
 //! Cost: one BPF_PROG_TEST_RUN syscall a frame, the frame and output
-//! buffers reused (no allocation per frame), FLOWS read in batches (`BPF_MAP_LOOKUP_BATCH`)
-//! every 4096 frames. A million frames take about 25 s in a debug build on
-//! a 2-vCPU VM (about 40 000 frames/s).
+//! buffers reused (no allocation per frame), FLOWS and EMBRYOS read in
+//! batches (`BPF_MAP_LOOKUP_BATCH`) every 4096 frames. A million frames
+//! take about a minute in a debug build on a 2-vCPU VM (15 000 to 20 000
+//! frames/s), much of it comparing EMBRYOS' tens of thousands of entries
+//! with the model.
 //!
 //! ```text
 //! cargo build -p lb-userspace -p lab --bins
@@ -79,7 +123,7 @@
 //! Needs root (BPF, namespaces), like the lab tests.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::{self, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsFd as _,
@@ -87,7 +131,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use bytemuck::Zeroable as _;
@@ -102,10 +146,13 @@ use lab::{
 };
 use lb_common::{
     csum::{checksum, fold, l4_checksum, pseudo_header_sum, sum},
-    flow::{DIR_FORWARD, DIR_REPLY, Flow, FlowKey, NAT_PORT_TRIES, flow_hash, nat_port_offset},
+    flow::{
+        DIR_FORWARD, DIR_REPLY, EMBRYO_SYN, EMBRYO_SYNACK, Embryo, Flow, FlowKey, NAT_PORT_TRIES,
+        flow_hash, nat_choice,
+    },
     maps,
     service::{PROTO_TCP, PROTO_UDP, ServiceKey},
-    stats::{Counter, Reason, ReasonTotals},
+    stats::{Counter, EmbryoStats, Reason, ReasonTotals, Traffic},
     test_rng::Rng,
     wire::{
         ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
@@ -120,6 +167,17 @@ const DEFAULT_CHECK_EVERY: u64 = 4096;
 /// Frames between two comparisons of FLOWS with the model (and ageing).
 /// Fixed, so that the run does not depend on the checking windows.
 const FLOWS_EVERY: u64 = 4096;
+/// EMBRYOS entries above which the test evicts most (at a FLOWS check),
+/// standing in for the LRU: enough that most NAT ports of the TCP
+/// backends are held by half-open connections (so new ones reclaim
+/// ports), and, with a check's worth of new ones and what CPUs keep in
+/// their LRU free lists (up to 128 entries each), far from the map's
+/// size, so that the kernel itself never evicts.
+const EMBRYOS_HIGH: usize = 40_000;
+const _: () = assert!(
+    EMBRYOS_HIGH + 2 * FLOWS_EVERY as usize + 256 * 128
+        < lb_common::maps::DEFAULT_MAX_EMBRYOS as usize
+);
 
 // ---------------------------------------------------------------------------
 // The node under test: dataplane.rs's, from lab::node; what only the fuzz
@@ -137,6 +195,9 @@ const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+
+/// BPF_EXIST: a map update that only replaces an entry.
+const BPF_EXIST: u64 = 2;
 
 /// The MAC of a host with a neighbour entry on lb0 (the model holds
 /// addresses as the frame's bytes).
@@ -232,6 +293,79 @@ impl Node {
         assert_eq!(n, keys.len(), "FLOWS lacked some of the entries to age");
     }
 
+    fn embryos_map(&self) -> &aya::maps::MapData {
+        match self.loaded.ebpf.map(maps::EMBRYOS) {
+            Some(Map::LruHashMap(m)) => m,
+            other => panic!("EMBRYOS is not an LRU hash map: {other:?}"),
+        }
+    }
+
+    fn embryos(&self) -> Vec<(FlowKey, Embryo)> {
+        batch::lookup_all(self.embryos_map().fd().as_fd()).expect("reading EMBRYOS")
+    }
+
+    /// Removes `keys` from EMBRYOS, as its LRU evicts them.
+    fn remove_embryos(&self, keys: &[FlowKey]) {
+        let n = batch::delete(self.embryos_map().fd().as_fd(), keys).expect("evicting EMBRYOS");
+        assert_eq!(n, keys.len(), "EMBRYOS lacked some of the entries to evict");
+    }
+
+    /// Sets the birth stamps (`flow.last_seen`) of the EMBRYOS entries at
+    /// the keys, leaving the rest of each entry as it is.
+    fn stamp_births(&self, stamps: &[(FlowKey, u64)]) {
+        let path = self.loaded.pins.path.join(maps::EMBRYOS);
+        let data = MapData::from_pin(&path)
+            .unwrap_or_else(|e| panic!("opening pinned {}: {e}", path.display()));
+        let mut m: aya::maps::HashMap<MapData, FlowKey, Embryo> =
+            aya::maps::HashMap::try_from(Map::from_map_data(data).expect("EMBRYOS"))
+                .expect("EMBRYOS as a hash map");
+        for (k, born) in stamps {
+            let mut e = m
+                .get(k, 0)
+                .unwrap_or_else(|e| panic!("EMBRYOS lacks {}: {e}", show_key(k)));
+            e.flow.last_seen = *born;
+            m.insert(k, e, BPF_EXIST)
+                .expect("stamping an EMBRYOS entry");
+        }
+    }
+
+    /// EMBRYO_STATS and the new_flows of the services `ids`, summed over
+    /// CPUs.
+    fn event_counters(&self, ids: &[u32]) -> EventCounters {
+        let embryo: PerCpuArray<_, EmbryoStats> = self
+            .loaded
+            .ebpf
+            .map(maps::EMBRYO_STATS)
+            .expect("no map EMBRYO_STATS")
+            .try_into()
+            .unwrap();
+        let embryo = embryo
+            .get(&0, 0)
+            .expect("reading EMBRYO_STATS")
+            .iter()
+            .fold(EmbryoStats::default(), |s, c| EmbryoStats {
+                opened: s.opened + c.opened,
+                promoted: s.promoted + c.promoted,
+                reclaimed: s.reclaimed + c.reclaimed,
+                reset: s.reset + c.reset,
+            });
+        let services: PerCpuArray<_, Traffic> = self
+            .loaded
+            .ebpf
+            .map(maps::SERVICE_STATS)
+            .expect("no map SERVICE_STATS")
+            .try_into()
+            .unwrap();
+        let new_flows = ids
+            .iter()
+            .map(|&id| {
+                let per_cpu = services.get(&id, 0).expect("reading SERVICE_STATS");
+                (id, per_cpu.iter().map(|t| t.new_flows).sum())
+            })
+            .collect();
+        EventCounters { embryo, new_flows }
+    }
+
     /// What a service's new flows get: its id, and the backend of each
     /// slot of its live Maglev table (read once: the services never change
     /// during the run).
@@ -323,7 +457,8 @@ struct ServiceView {
     slots: Vec<(u32, [u8; 4], [u8; 2])>,
 }
 
-/// What a FLOWS entry must hold (less the clock and the TCP flags seen).
+/// What a FLOWS or EMBRYOS entry's rewrite must be (less the clock, the
+/// next hop and the TCP flags seen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Half {
     new_src: [u8; 4],
@@ -347,6 +482,63 @@ impl Half {
             service: f.service,
         }
     }
+
+    /// The key of the other half's packets: this rewrite's 4-tuple turned
+    /// around (the reply key of a forward half, the client's key of a
+    /// reply half).
+    fn other_key(&self, proto: u8) -> FlowKey {
+        FlowKey::reply_of(
+            self.new_src,
+            self.new_dst,
+            self.new_sport,
+            self.new_dport,
+            proto,
+        )
+    }
+
+    /// The client → service tuple of the connection the half at `key` is of.
+    fn client(&self, key: &FlowKey) -> FlowKey {
+        if self.dir == DIR_FORWARD {
+            *key
+        } else {
+            self.other_key(key.proto)
+        }
+    }
+}
+
+/// What an EMBRYOS entry must hold (lb_common::flow::Embryo, less the
+/// clock, the next hop and the TCP flags seen), and when the model says
+/// it was born.
+#[derive(Clone, Copy, Debug)]
+struct Emb {
+    half: Half,
+    /// The client's ISN + 1 (reply half; 0 in the forward half).
+    syn_next: u32,
+    /// Reply half with EMBRYO_SYNACK: the ACK number that promotes it.
+    ack_expect: u32,
+    /// EMBRYO_* flags.
+    state: u8,
+    /// The model's clock: the order in which the program stamped the
+    /// entries' birth (`flow.last_seen`), for the oldest-first reclaim.
+    born: u64,
+}
+
+impl Emb {
+    /// The kernel's entry as the model holds it (its birth left out).
+    fn of(e: &Embryo) -> Emb {
+        Emb {
+            half: Half::of(&e.flow),
+            syn_next: e.syn_next,
+            ack_expect: e.ack_expect,
+            state: e.state,
+            born: 0,
+        }
+    }
+
+    fn same(&self, other: &Emb) -> bool {
+        (self.half, self.syn_next, self.ack_expect, self.state)
+            == (other.half, other.syn_next, other.ack_expect, other.state)
+    }
 }
 
 /// What the model says a frame is.
@@ -354,10 +546,13 @@ impl Half {
 enum Expect {
     /// Not ours: XDP_PASS, unchanged.
     NotOurs(Reason),
-    /// Ours (to a service or of a flow), but malformed: XDP_DROP, unchanged.
-    Malformed(Reason),
+    /// Ours (to a service, of a flow or of a half-open connection), but
+    /// malformed, or an RST of no connection: XDP_DROP, unchanged.
+    Dropped(Reason),
     /// A packet of the flow half `key`: NATed as it says.
     Established(Half),
+    /// A packet of the half-open connection half `key` (EMBRYOS).
+    HalfOpen(FlowKey),
     /// The first packet of a connection to a service.
     New(FlowKey, ServiceKey),
 }
@@ -382,20 +577,109 @@ enum Leaves {
     NoNeighOrFibOther,
 }
 
+impl Leaves {
+    /// A packet of an existing half (FLOWS or EMBRYOS): `tot` its IPv4 total
+    /// length.
+    fn of(half: &Half, tot: usize) -> Leaves {
+        match neighbour_mac(half.new_dst) {
+            Some(_) if tot <= MTU => Leaves::Tx,
+            Some(_) => Leaves::TxOrFibOther,
+            None => Leaves::NoNeighOrFibOther,
+        }
+    }
+}
+
+/// What a packet of a half-open connection does to it (lb-ebpf
+/// embryo::Step).
+enum Step {
+    Forward,
+    Promoted,
+    Stop(Reason),
+}
+
+/// Flow keys with O(1) insert, remove and random pick; the pick order
+/// depends only on the operations, so the run stays deterministic.
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<FlowKey>,
+    at: HashMap<FlowKey, usize>,
+}
+
+impl KeySet {
+    fn insert(&mut self, k: FlowKey) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.at.entry(k) {
+            e.insert(self.keys.len());
+            self.keys.push(k);
+        }
+    }
+
+    fn remove(&mut self, k: &FlowKey) {
+        if let Some(i) = self.at.remove(k) {
+            let last = self.keys.pop().expect("a key to remove");
+            if i < self.keys.len() {
+                self.keys[i] = last;
+                self.at.insert(last, i);
+            }
+        }
+    }
+
+    fn keys(&self) -> &[FlowKey] {
+        &self.keys
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn retain(&mut self, keep: impl Fn(&FlowKey) -> bool) {
+        self.keys.retain(|k| keep(k));
+        self.at = self.keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    }
+}
+
+/// Events the program counts outside REASON_STATS, since the last check.
+#[derive(Default)]
+struct Events {
+    embryo: EmbryoStats,
+    /// SERVICE_STATS' new_flows, by service id.
+    new_flows: BTreeMap<u32, u64>,
+}
+
+/// The counters of [`Events`] as read from the kernel.
+#[derive(Clone, Default)]
+struct EventCounters {
+    embryo: EmbryoStats,
+    new_flows: BTreeMap<u32, u64>,
+}
+
 struct Model {
     services: HashMap<ServiceKey, ServiceView>,
     /// FLOWS as it must be.
     flows: HashMap<FlowKey, Half>,
     /// The keys of `flows`, to pick packets of NATed flows from.
-    forward_keys: Vec<FlowKey>,
-    reply_keys: Vec<FlowKey>,
+    forward_keys: KeySet,
+    reply_keys: KeySet,
+    /// EMBRYOS as it must be.
+    embryos: HashMap<FlowKey, Emb>,
+    /// The keys of `embryos`, by direction.
+    embryo_fwd: KeySet,
+    embryo_rep: KeySet,
+    /// Forward halves whose reply half recorded the backend's SYN-ACK: the
+    /// client's ACK of it completes the handshake.
+    synacked: KeySet,
+    /// The model's clock for [`Emb::born`].
+    clock: u64,
     /// The established connections, never aged by the test.
     pinned: HashSet<FlowKey>,
-    /// Every client → service tuple a frame to a service came from, since
-    /// the last ageing.
+    /// Every client → service tuple a frame to a service came from, while
+    /// an entry of its connection may be in FLOWS or EMBRYOS.
     clients: HashSet<FlowKey>,
-    /// Connections opened since the last FLOWS check.
+    /// Connections put into FLOWS since the last check (UDP flows opened,
+    /// TCP connections promoted).
     opened: u64,
+    /// Events since the last check, and the kernel's counters then.
+    events: Events,
+    counted: EventCounters,
     stats: Stats,
 }
 
@@ -404,13 +688,39 @@ struct Stats {
     nated: u64,
     /// NATed frames whose checksums verified on input, so had to on output.
     nated_valid_checksums: u64,
-    opened: u64,
+    /// UDP flows opened (straight into FLOWS).
+    udp_opened: u64,
+    /// Half-open connections made: by a SYN, by another packet.
+    embryos_syn: u64,
+    embryos_mid: u64,
+    /// Promoted: by the client's ACK of the SYN-ACK, by the backend's
+    /// answer to a connection picked up mid-stream.
+    promoted_handshake: u64,
+    promoted_answer: u64,
+    /// SYN-ACKs recorded, and refused for acknowledging another SYN.
+    synacks: u64,
+    stale_synacks: u64,
+    /// Client ACKs whose reply half was gone (drop_embryo_lost).
+    lost: u64,
+    /// Packets forwarded by a half whose other half is gone or another
+    /// connection's.
+    orphans: u64,
+    reset: u64,
+    reclaimed: u64,
+    /// New flows or promotions refused: FLOWS full, or no NAT port.
     table_full: u64,
+    /// Of those, promotions (the connection stays half-open).
+    promotions_refused: u64,
     aged: u64,
+    evicted: u64,
 }
 
 fn be16(f: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+fn be32(f: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(arr4(f, at))
 }
 
 fn arr4(f: &[u8], at: usize) -> [u8; 4] {
@@ -468,26 +778,69 @@ fn residual(data: &[u8], initial: u32) -> u16 {
     }
 }
 
+/// `out` is `f` as it came, with verdict `action` for `reason`.
+fn unchanged(
+    f: &[u8],
+    ret: u32,
+    out: &[u8],
+    action: u32,
+    reason: Reason,
+) -> Result<Counted, String> {
+    if ret != action {
+        return Err(format!(
+            "verdict {}, expected {} ({})",
+            action_name(ret),
+            action_name(action),
+            reason.name()
+        ));
+    }
+    if out != f {
+        return Err(format!(
+            "the frame left changed ({}):\n  output {}",
+            differing(f, out),
+            hex(out)
+        ));
+    }
+    Ok(Counted::Exactly(reason))
+}
+
+/// The L4 header's offset in an IPv4 frame.
+fn l4_at(f: &[u8]) -> usize {
+    ETH_HDR_LEN + usize::from(f[ETH_HDR_LEN] & 0x0f) * 4
+}
+
 impl Model {
     fn new(node: &Node) -> Model {
+        let services: HashMap<ServiceKey, ServiceView> = [TCP_SERVICE, UDP_SERVICE]
+            .into_iter()
+            .map(|k| (k, node.service_view(k)))
+            .collect();
+        let ids: Vec<u32> = services.values().map(|v| v.id).collect();
         Model {
-            services: [TCP_SERVICE, UDP_SERVICE]
-                .into_iter()
-                .map(|k| (k, node.service_view(k)))
-                .collect(),
+            services,
             flows: HashMap::new(),
-            forward_keys: Vec::new(),
-            reply_keys: Vec::new(),
+            forward_keys: KeySet::default(),
+            reply_keys: KeySet::default(),
+            embryos: HashMap::new(),
+            embryo_fwd: KeySet::default(),
+            embryo_rep: KeySet::default(),
+            synacked: KeySet::default(),
+            clock: 0,
             pinned: HashSet::new(),
             clients: HashSet::new(),
             opened: 0,
+            events: Events {
+                embryo: EmbryoStats::default(),
+                new_flows: ids.iter().map(|&id| (id, 0)).collect(),
+            },
+            counted: node.event_counters(&ids),
             stats: Stats::default(),
         }
     }
 
-    /// What the program must make of `f`, from its bytes and FLOWS.
+    /// What the program must make of `f`, from its bytes, FLOWS and EMBRYOS.
     fn classify(&self, f: &[u8]) -> Expect {
-        use Expect::{Malformed, NotOurs};
+        use Expect::{Dropped, NotOurs};
         use Reason::*;
         if f.len() < ETH_HDR_LEN {
             return NotOurs(PassShortEthernet);
@@ -535,7 +888,7 @@ impl Model {
         let l4_hdr = if proto == PROTO_TCP { 20 } else { 8 };
         if f.len() < l4 + l4_hdr {
             return if is_service {
-                Malformed(DropMalformedL4)
+                Dropped(DropMalformedL4)
             } else {
                 NotOurs(PassNotService)
             };
@@ -544,22 +897,27 @@ impl Model {
         if key.dst == SNAT.octets() && !(NAT_PORT_MIN..=NAT_PORT_MAX).contains(&dport) {
             return NotOurs(PassNotService);
         }
+        // FLOWS first; EMBRYOS (TCP only) when FLOWS has nothing.
         let flow = self.flows.get(&key).copied();
-        if flow.is_none() && !is_service {
+        let half_open = flow.is_none() && proto == PROTO_TCP && self.embryos.contains_key(&key);
+        if flow.is_none() && !half_open && !is_service {
             return NotOurs(PassNotService);
         }
         if let Err(reason) = validate(f, ihl_bytes, l4, proto) {
-            return Malformed(reason);
+            return Dropped(reason);
         }
         match flow {
             Some(half) => Expect::Established(half),
+            None if half_open => Expect::HalfOpen(key),
+            // An RST resets nothing we know: dropped, no state made.
+            None if proto == PROTO_TCP && f[l4 + 13] & TCP_RST != 0 => Dropped(DropRstNoFlow),
             None => Expect::New(key, service),
         }
     }
 
     /// Checks what the program did with `f` (returned `ret`, left `out`)
-    /// against `expect`, and follows FLOWS; the reason it must have
-    /// counted. `want`: scratch space.
+    /// against `expect`, and follows FLOWS and EMBRYOS; the reason it must
+    /// have counted. `want`: scratch space.
     fn check(
         &mut self,
         f: &[u8],
@@ -568,44 +926,136 @@ impl Model {
         expect: Expect,
         want: &mut Vec<u8>,
     ) -> Result<Counted, String> {
-        let unchanged = |action: u32, reason: Reason| {
-            if ret != action {
-                return Err(format!(
-                    "verdict {}, expected {} ({})",
-                    action_name(ret),
-                    action_name(action),
-                    reason.name()
-                ));
-            }
-            if out != f {
-                return Err(format!(
-                    "the frame left changed ({}):\n  output {}",
-                    differing(f, out),
-                    hex(out)
-                ));
-            }
-            Ok(Counted::Exactly(reason))
-        };
         match expect {
-            Expect::NotOurs(reason) => unchanged(XDP_PASS, reason),
-            Expect::Malformed(reason) => unchanged(XDP_DROP, reason),
+            Expect::NotOurs(reason) => unchanged(f, ret, out, XDP_PASS, reason),
+            Expect::Dropped(reason) => unchanged(f, ret, out, XDP_DROP, reason),
             Expect::Established(half) => {
                 let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
-                let leaves = match neighbour_mac(half.new_dst) {
-                    Some(_) if tot <= MTU => Leaves::Tx,
-                    Some(_) => Leaves::TxOrFibOther,
-                    None => Leaves::NoNeighOrFibOther,
-                };
-                self.check_nat(f, ret, out, &half, leaves, want)
+                self.check_nat(f, ret, out, &half, Leaves::of(&half, tot), want)
             }
-            Expect::New(key, service) => self.check_new(f, ret, out, key, service, want),
+            Expect::HalfOpen(key) => self.check_half_open(f, ret, out, key, want),
+            Expect::New(key, service) if key.proto == PROTO_TCP => {
+                self.check_new_tcp(f, ret, out, key, service, want)
+            }
+            Expect::New(key, service) => self.check_new_udp(f, ret, out, key, service, want),
         }
     }
 
-    /// A new connection: Maglev's backend, the first free NAT port of the
-    /// program's probe sequence, both halves in FLOWS; or refused because
-    /// FLOWS cannot take two more entries, or no probed port is free.
-    fn check_new(
+    /// The backend Maglev picks for a new connection `key` of `service`:
+    /// (id, address, port), and the tuple's hash.
+    fn backend_of(&self, key: &FlowKey, service: &ServiceKey) -> (u32, [u8; 4], [u8; 2], u32) {
+        let view = &self.services[service];
+        let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
+        let (backend, bip, bport) = view.slots[(hash % view.slots.len() as u32) as usize];
+        (backend, bip, bport, hash)
+    }
+
+    /// The program's NAT port probe sequence for a connection of hash
+    /// `hash` to `bip:bport`: each port and the reply key it would have.
+    fn nat_candidates(
+        hash: u32,
+        bip: [u8; 4],
+        bport: [u8; 2],
+        proto: u8,
+    ) -> [(u16, FlowKey); NAT_PORT_TRIES as usize] {
+        let span = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
+        std::array::from_fn(|i| {
+            // One SNAT address: the pool is `snat_ip` alone.
+            let (addr, offset) = nat_choice(hash, i as u32, span, 1);
+            assert_eq!(addr, 0, "one SNAT address");
+            let port = (u32::from(NAT_PORT_MIN) + offset) as u16;
+            let reply = FlowKey::reply_of(SNAT.octets(), bip, port.to_be_bytes(), bport, proto);
+            (port, reply)
+        })
+    }
+
+    /// A new TCP connection's NAT port (lb-ebpf embryo::open): the first of
+    /// the probe sequence that neither FLOWS nor EMBRYOS holds; else the one
+    /// of the oldest half-open connection among those probed, reclaimed
+    /// (`true`); None when FLOWS holds every one.
+    fn tcp_port(
+        &self,
+        cands: &[(u16, FlowKey); NAT_PORT_TRIES as usize],
+    ) -> Option<(u16, FlowKey, bool)> {
+        let mut oldest: Option<(u16, FlowKey, u64)> = None;
+        for &(port, reply) in cands {
+            if self.flows.contains_key(&reply) {
+                continue;
+            }
+            match self.embryos.get(&reply) {
+                None => return Some((port, reply, false)),
+                Some(e) => {
+                    if oldest.is_none_or(|(_, _, b)| e.born < b) {
+                        oldest = Some((port, reply, e.born));
+                    }
+                }
+            }
+        }
+        oldest.map(|(port, reply, _)| (port, reply, true))
+    }
+
+    /// Before a frame runs: a new TCP connection that must reclaim a NAT
+    /// port takes the oldest half-open connection's among those its probe
+    /// sequence finds, the oldest by the kernel's clock (jiffies), in which
+    /// several are often born in one tick. So that the run does not depend
+    /// on timing, the candidates' birth stamps are set to the model's order
+    /// first (the only write the test makes to EMBRYOS, but for evictions).
+    fn prepare(&self, expect: &Expect, node: &Node) {
+        let Expect::New(key, service) = expect else {
+            return;
+        };
+        if key.proto != PROTO_TCP {
+            return;
+        }
+        let (_, bip, bport, hash) = self.backend_of(key, service);
+        let cands = Model::nat_candidates(hash, bip, bport, key.proto);
+        if let Some((_, _, true)) = self.tcp_port(&cands) {
+            let stamps: Vec<(FlowKey, u64)> = cands
+                .iter()
+                .filter_map(|(_, r)| self.embryos.get(r).map(|e| (*r, e.born)))
+                .collect();
+            node.stamp_births(&stamps);
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn insert_embryo(&mut self, key: FlowKey, e: Emb) {
+        if e.half.dir == DIR_FORWARD {
+            self.embryo_fwd.insert(key);
+        } else {
+            self.embryo_rep.insert(key);
+        }
+        self.embryos.insert(key, e);
+    }
+
+    fn remove_embryo(&mut self, key: &FlowKey) -> Option<Emb> {
+        let e = self.embryos.remove(key)?;
+        if e.half.dir == DIR_FORWARD {
+            self.embryo_fwd.remove(key);
+            self.synacked.remove(key);
+        } else {
+            self.embryo_rep.remove(key);
+            self.synacked.remove(&e.half.other_key(key.proto));
+        }
+        Some(e)
+    }
+
+    /// The other half of the embryo at `key`, if it is still this
+    /// connection's (lb-ebpf embryo::partner).
+    fn partner(&self, key: &FlowKey) -> Option<FlowKey> {
+        let okey = self.embryos.get(key)?.half.other_key(key.proto);
+        let other = self.embryos.get(&okey)?;
+        (other.half.other_key(key.proto) == *key).then_some(okey)
+    }
+
+    /// A new TCP connection: Maglev's backend, the first free NAT port of
+    /// the program's probe sequence (or the oldest embryo's), both halves
+    /// in EMBRYOS, nothing in FLOWS; the first packet NATed.
+    fn check_new_tcp(
         &mut self,
         f: &[u8],
         ret: u32,
@@ -615,34 +1065,115 @@ impl Model {
         want: &mut Vec<u8>,
     ) -> Result<Counted, String> {
         self.clients.insert(key);
-        let view = &self.services[&service];
-        let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
-        let (backend, bip, bport) = view.slots[(hash % view.slots.len() as u32) as usize];
-        let service_id = view.id;
-        let span = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
-        let free = (0..NAT_PORT_TRIES).find_map(|i| {
-            let port = (u32::from(NAT_PORT_MIN) + nat_port_offset(hash, i, span)) as u16;
-            let reply = FlowKey::reply_of(SNAT.octets(), bip, port.to_be_bytes(), bport, key.proto);
-            (!self.flows.contains_key(&reply)).then_some((port, reply))
-        });
+        let (backend, bip, bport, hash) = self.backend_of(&key, &service);
+        let service_id = self.services[&service].id;
+        let cands = Model::nat_candidates(hash, bip, bport, key.proto);
+        let Some((port, reply_key, reclaim)) = self.tcp_port(&cands) else {
+            self.stats.table_full += 1;
+            return unchanged(f, ret, out, XDP_DROP, Reason::DropNatPortsExhausted)
+                .map_err(|e| format!("every NAT port probed is in FLOWS: {e}"));
+        };
+        let l4 = l4_at(f);
+        let (flags, seq) = (f[l4 + 13], be32(f, l4 + 4));
+        let state = if flags & TCP_SYN != 0 { EMBRYO_SYN } else { 0 };
+        let forward = Half {
+            new_src: SNAT.octets(),
+            new_dst: bip,
+            new_sport: port.to_be_bytes(),
+            new_dport: bport,
+            dir: DIR_FORWARD,
+            backend,
+            service: service_id,
+        };
+        let reply = Half {
+            new_src: key.dst,
+            new_dst: key.src,
+            new_sport: key.dport,
+            new_dport: key.sport,
+            dir: DIR_REPLY,
+            backend,
+            service: service_id,
+        };
+        // The program resolves the backend when it makes the connection;
+        // the FIB's MTU check refuses a packet larger than lb0's MTU, which
+        // then goes to the kernel, rewritten.
+        let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
+        let leaves = if tot <= MTU {
+            Leaves::Tx
+        } else {
+            Leaves::FibOther
+        };
+        let counted = self.check_nat(f, ret, out, &forward, leaves, want)?;
+        if reclaim {
+            // The oldest embryo probed gives its port up; its forward half
+            // stays, an orphan.
+            self.remove_embryo(&reply_key);
+            self.events.embryo.reclaimed += 1;
+            self.stats.reclaimed += 1;
+        }
+        let born = self.tick();
+        self.insert_embryo(
+            reply_key,
+            Emb {
+                half: reply,
+                syn_next: seq.wrapping_add(1),
+                ack_expect: 0,
+                state,
+                born,
+            },
+        );
+        self.insert_embryo(
+            key,
+            Emb {
+                half: forward,
+                syn_next: 0,
+                ack_expect: 0,
+                state,
+                born,
+            },
+        );
+        self.events.embryo.opened += 1;
+        if state & EMBRYO_SYN != 0 {
+            self.stats.embryos_syn += 1;
+        } else {
+            self.stats.embryos_mid += 1;
+        }
+        Ok(counted)
+    }
+
+    /// A new UDP flow: Maglev's backend, the first free NAT port of the
+    /// program's probe sequence, both halves in FLOWS; or refused because
+    /// FLOWS cannot take two more entries, or no probed port is free.
+    fn check_new_udp(
+        &mut self,
+        f: &[u8],
+        ret: u32,
+        out: &[u8],
+        key: FlowKey,
+        service: ServiceKey,
+        want: &mut Vec<u8>,
+    ) -> Result<Counted, String> {
+        self.clients.insert(key);
+        let (backend, bip, bport, hash) = self.backend_of(&key, &service);
+        let service_id = self.services[&service].id;
+        let cands = Model::nat_candidates(hash, bip, bport, key.proto);
+        let free = cands
+            .iter()
+            .copied()
+            .find(|(_, reply)| !self.flows.contains_key(reply));
         let refused = match free {
             None => Some(Reason::DropNatPortsExhausted),
             Some(_) if self.flows.len() + 2 > MAX_FLOWS as usize => Some(Reason::DropFlowTableFull),
             Some(_) => None,
         };
         if let Some(reason) = refused {
-            if ret != XDP_DROP || out != f {
-                return Err(format!(
-                    "a new connection with {} FLOWS entries of {MAX_FLOWS} must be refused \
-                     ({}), got {} and the frame {}",
-                    self.flows.len(),
-                    reason.name(),
-                    action_name(ret),
-                    if out == f { "unchanged" } else { "changed" }
-                ));
-            }
             self.stats.table_full += 1;
-            return Ok(Counted::Exactly(reason));
+            return unchanged(f, ret, out, XDP_DROP, reason).map_err(|e| {
+                format!(
+                    "a new flow with {} FLOWS entries of {MAX_FLOWS} must be refused: {e}",
+                    self.flows.len()
+                )
+            });
         }
         let (port, reply_key) = free.expect("a free port");
         let forward = Half {
@@ -663,9 +1194,6 @@ impl Model {
             backend,
             service: service_id,
         };
-        // The program resolves the backend when it creates the flow; the
-        // FIB's MTU check refuses a packet larger than lb0's MTU, which
-        // then goes to the kernel, rewritten.
         let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
         let leaves = if tot <= MTU {
             Leaves::Tx
@@ -673,13 +1201,157 @@ impl Model {
             Leaves::FibOther
         };
         let counted = self.check_nat(f, ret, out, &forward, leaves, want)?;
+        self.add_flow(key, forward, reply_key, reply);
+        self.stats.udp_opened += 1;
+        Ok(counted)
+    }
+
+    /// A connection's two halves into FLOWS, counted as the program counts
+    /// a new flow.
+    fn add_flow(&mut self, key: FlowKey, forward: Half, reply_key: FlowKey, reply: Half) {
         self.flows.insert(key, forward);
         self.flows.insert(reply_key, reply);
-        self.forward_keys.push(key);
-        self.reply_keys.push(reply_key);
+        self.forward_keys.insert(key);
+        self.reply_keys.insert(reply_key);
         self.opened += 1;
-        self.stats.opened += 1;
-        Ok(counted)
+        *self.events.new_flows.entry(forward.service).or_default() += 1;
+    }
+
+    /// A packet of a half-open connection (lb-ebpf `half_open`): an RST
+    /// ends it; the client's ACK of the recorded SYN-ACK promotes one
+    /// opened by a SYN, the backend's answer (anything but an RST or a
+    /// SYN-ACK) one picked up mid-stream; the backend's SYN-ACK is recorded,
+    /// or dropped if it acknowledges another SYN. What is not dropped is
+    /// NATed by the embryo's half, or by the flow it was promoted to.
+    fn check_half_open(
+        &mut self,
+        f: &[u8],
+        ret: u32,
+        out: &[u8],
+        key: FlowKey,
+        want: &mut Vec<u8>,
+    ) -> Result<Counted, String> {
+        let emb = self.embryos[&key];
+        let l4 = l4_at(f);
+        let (flags, seq, ack) = (f[l4 + 13], be32(f, l4 + 4), be32(f, l4 + 8));
+        let to_backend = emb.half.dir == DIR_FORWARD;
+        let orphan = self.partner(&key).is_none();
+        let step = if flags & TCP_RST != 0 {
+            self.reset(&key);
+            Step::Forward
+        } else if to_backend {
+            if flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+                self.client_ack(&key, ack)
+            } else {
+                Step::Forward
+            }
+        } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            self.backend_synack(&key, seq, ack)
+        } else {
+            self.backend_answer(&key)
+        };
+        let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
+        match step {
+            Step::Stop(reason) => unchanged(f, ret, out, XDP_DROP, reason),
+            Step::Forward | Step::Promoted => {
+                if orphan && matches!(step, Step::Forward) {
+                    self.stats.orphans += 1;
+                }
+                // Promoted, the packet is handled as established, by the
+                // FLOWS entry the embryo's half became.
+                self.check_nat(f, ret, out, &emb.half, Leaves::of(&emb.half, tot), want)
+            }
+        }
+    }
+
+    /// An RST from either side: both halves go (the other only if it is
+    /// still this connection's).
+    fn reset(&mut self, key: &FlowKey) {
+        if let Some(other) = self.partner(key) {
+            self.remove_embryo(&other);
+        }
+        self.remove_embryo(key);
+        self.events.embryo.reset += 1;
+        self.stats.reset += 1;
+    }
+
+    /// The client's ACK (no SYN, no RST), acknowledging `ack`.
+    fn client_ack(&mut self, key: &FlowKey, ack: u32) -> Step {
+        let Some(reply_key) = self.partner(key) else {
+            // The reply half is gone, or now another connection's: this
+            // one cannot complete.
+            self.remove_embryo(key);
+            self.stats.lost += 1;
+            return Step::Stop(Reason::DropEmbryoLost);
+        };
+        let reply = self.embryos[&reply_key];
+        if reply.state & EMBRYO_SYNACK == 0 || reply.ack_expect != ack {
+            return Step::Forward;
+        }
+        self.promote(*key, reply_key, true)
+    }
+
+    /// The backend's SYN-ACK (`seq`, acknowledging `ack`) on a reply half.
+    fn backend_synack(&mut self, key: &FlowKey, seq: u32, ack: u32) -> Step {
+        let e = self.embryos.get_mut(key).expect("the embryo");
+        if e.state & EMBRYO_SYN == 0 {
+            // Picked up mid-stream: no handshake to follow.
+            return Step::Forward;
+        }
+        if ack != e.syn_next {
+            // For an older connection that had this NAT port.
+            self.stats.stale_synacks += 1;
+            return Step::Stop(Reason::DropEmbryoLost);
+        }
+        e.ack_expect = seq.wrapping_add(1);
+        e.state |= EMBRYO_SYNACK;
+        self.stats.synacks += 1;
+        if let Some(forward) = self.partner(key) {
+            self.synacked.insert(forward);
+        }
+        Step::Forward
+    }
+
+    /// The backend's answer (not an RST, not a SYN-ACK) on a reply half.
+    /// It proves real only a connection picked up mid-stream: one opened
+    /// by a SYN waits for its client's ACK of the SYN-ACK (lb-common's
+    /// Embryo: a backend's segment for an older connection on the NAT
+    /// port, or one a spoofer's packets provoke, must not promote it).
+    fn backend_answer(&mut self, key: &FlowKey) -> Step {
+        if self.embryos[key].state & EMBRYO_SYN != 0 {
+            return Step::Forward;
+        }
+        match self.partner(key) {
+            Some(forward) => self.promote(forward, *key, false),
+            None => Step::Forward,
+        }
+    }
+
+    /// Both halves into FLOWS (lb-ebpf embryo::promote): the reply half
+    /// first, then the forward half; either refused when FLOWS is full,
+    /// and then the connection stays half-open (its halves stamped anew).
+    fn promote(&mut self, fkey: FlowKey, rkey: FlowKey, handshake: bool) -> Step {
+        let room = (MAX_FLOWS as usize).saturating_sub(self.flows.len());
+        if room < 2 {
+            let t = self.tick();
+            self.embryos.get_mut(&rkey).expect("the reply half").born = t;
+            if room == 1 {
+                self.embryos.get_mut(&fkey).expect("the forward half").born = t;
+            }
+            self.stats.table_full += 1;
+            self.stats.promotions_refused += 1;
+            return Step::Stop(Reason::DropFlowTableFull);
+        }
+        let forward = self.remove_embryo(&fkey).expect("the forward half");
+        let reply = self.remove_embryo(&rkey).expect("the reply half");
+        self.add_flow(fkey, forward.half, rkey, reply.half);
+        self.events.embryo.promoted += 1;
+        if handshake {
+            self.stats.promoted_handshake += 1;
+        } else {
+            self.stats.promoted_answer += 1;
+        }
+        Step::Promoted
     }
 
     /// `out` is `f` NATed by `half`: the new 4-tuple, the MACs of the next
@@ -797,36 +1469,28 @@ impl Model {
         self.pinned = self.flows.keys().copied().collect();
     }
 
-    /// FLOWS holds exactly the model's entries, and they name only clients
-    /// that sent a frame to a service.
-    fn check_flows(&mut self, node: &Node, grew_from: usize) -> Result<(), String> {
-        let got = node.flows();
+    /// FLOWS and EMBRYOS hold exactly the model's entries, and they name
+    /// only clients that sent a frame to a service; EMBRYO_STATS and the
+    /// services' new_flows moved exactly by the events the model counted.
+    /// `grew_from`: FLOWS' size at the last check.
+    fn check_maps(&mut self, node: &Node, grew_from: usize) -> Result<(), String> {
         let mut problems = Vec::new();
+
+        // FLOWS: two entries more per connection put in, none otherwise.
+        let got = node.flows();
+        let before = problems.len();
         let expected_len = grew_from + 2 * self.opened as usize;
         if got.len() != self.flows.len() || got.len() != expected_len {
             problems.push(format!(
-                "FLOWS has {} entries: {grew_from} before, {} connections opened since, \
+                "FLOWS has {} entries: {grew_from} before, {} connections put in since, \
                  so {expected_len} expected (the model holds {})",
                 got.len(),
                 self.opened,
                 self.flows.len()
             ));
         }
-        let mut seen = HashSet::new();
         for (k, v) in &got {
-            seen.insert(*k);
-            let client = if v.dir == DIR_FORWARD {
-                *k
-            } else {
-                FlowKey {
-                    src: v.new_dst,
-                    dst: v.new_src,
-                    sport: v.new_dport,
-                    dport: v.new_sport,
-                    proto: k.proto,
-                    _pad: [0; 3],
-                }
-            };
+            let client = Half::of(v).client(k);
             if !self.clients.contains(&client) {
                 problems.push(format!(
                     "FLOWS has {} for {}, which never sent a frame to a service",
@@ -842,11 +1506,80 @@ impl Model {
                 Some(_) => {}
             }
         }
-        for k in self.flows.keys() {
-            if !seen.contains(k) {
+        // Keys come once each: with as many entries as the model, none of
+        // them unexpected, the kernel lacks none of the model's.
+        if got.len() != self.flows.len() || problems.len() > before {
+            let seen: HashSet<FlowKey> = got.iter().map(|(k, _)| *k).collect();
+            for k in self.flows.keys().filter(|k| !seen.contains(k)) {
                 problems.push(format!("FLOWS lacks {}", show_key(k)));
             }
         }
+
+        // EMBRYOS: entry for entry; no key of FLOWS in it.
+        let got = node.embryos();
+        let before = problems.len();
+        if got.len() != self.embryos.len() {
+            problems.push(format!(
+                "EMBRYOS has {} entries, the model {}",
+                got.len(),
+                self.embryos.len()
+            ));
+        }
+        for (k, v) in &got {
+            let e = Emb::of(v);
+            let client = e.half.client(k);
+            if !self.clients.contains(&client) {
+                problems.push(format!(
+                    "EMBRYOS has {} for {}, which never sent a frame to a service",
+                    show_key(k),
+                    show_key(&client)
+                ));
+            }
+            if self.flows.contains_key(k) {
+                problems.push(format!("EMBRYOS has {}, which FLOWS has too", show_key(k)));
+            }
+            match self.embryos.get(k) {
+                None => problems.push(format!("EMBRYOS has an unexpected {}", show_embryo(k, v))),
+                Some(m) if !m.same(&e) || v.flow.flags != 0 => {
+                    problems.push(format!("EMBRYOS has {}, expected {m:?}", show_embryo(k, v)))
+                }
+                Some(_) => {}
+            }
+        }
+        if got.len() != self.embryos.len() || problems.len() > before {
+            let seen: HashSet<FlowKey> = got.iter().map(|(k, _)| *k).collect();
+            for k in self.embryos.keys().filter(|k| !seen.contains(k)) {
+                problems.push(format!("EMBRYOS lacks {}", show_key(k)));
+            }
+        }
+
+        // The event counters.
+        let ids: Vec<u32> = self.events.new_flows.keys().copied().collect();
+        let now = node.event_counters(&ids);
+        let (before, want) = (&self.counted.embryo, &self.events.embryo);
+        let delta = EmbryoStats {
+            opened: now.embryo.opened - before.opened,
+            promoted: now.embryo.promoted - before.promoted,
+            reclaimed: now.embryo.reclaimed - before.reclaimed,
+            reset: now.embryo.reset - before.reset,
+        };
+        if delta != *want {
+            problems.push(format!(
+                "EMBRYO_STATS moved by {delta:?}, the model counted {want:?}"
+            ));
+        }
+        for (id, want) in &self.events.new_flows {
+            let got = now.new_flows[id] - self.counted.new_flows[id];
+            if got != *want {
+                problems.push(format!(
+                    "SERVICE_STATS[{id}].new_flows moved by {got}, the model put {want} \
+                     connections of it in FLOWS"
+                ));
+            }
+        }
+        self.counted = now;
+        self.events.embryo = EmbryoStats::default();
+        self.events.new_flows.values_mut().for_each(|n| *n = 0);
         self.opened = 0;
         if problems.is_empty() {
             return Ok(());
@@ -870,10 +1603,52 @@ impl Model {
         self.flows.retain(|k, _| pinned.contains(k));
         self.forward_keys.retain(|k| pinned.contains(k));
         self.reply_keys.retain(|k| pinned.contains(k));
-        self.clients.retain(|k| pinned.contains(k));
+        self.forget_clients();
+    }
+
+    /// Removes entries of EMBRYOS, each with probability `percent`, and
+    /// the two halves of a connection independently: what its LRU does
+    /// once it is full (the test keeps it far from full, so that the kernel
+    /// never evicts on its own). Orphans are left: halves whose other half
+    /// is gone, and whose NAT port a new connection may take.
+    fn evict(&mut self, node: &Node, rng: &mut Rng, percent: u32) {
+        let keys: Vec<FlowKey> = self
+            .embryo_fwd
+            .keys()
+            .iter()
+            .chain(self.embryo_rep.keys())
+            .copied()
+            .filter(|_| rng.range(0, 99) < percent)
+            .collect();
+        node.remove_embryos(&keys);
+        for k in &keys {
+            self.remove_embryo(k);
+        }
+        self.stats.evicted += keys.len() as u64;
+        self.forget_clients();
+    }
+
+    /// Keeps only the clients of connections with an entry left.
+    fn forget_clients(&mut self) {
+        let live: HashSet<FlowKey> = self
+            .flows
+            .iter()
+            .map(|(k, h)| h.client(k))
+            .chain(self.embryos.iter().map(|(k, e)| e.half.client(k)))
+            .collect();
+        self.clients.retain(|k| live.contains(k));
     }
 }
 
+fn show_embryo(k: &FlowKey, e: &Embryo) -> String {
+    format!(
+        "{} syn_next {:#x} ack_expect {:#x} state {}",
+        show_flow(k, &e.flow),
+        e.syn_next,
+        e.ack_expect,
+        e.state
+    )
+}
 fn action_name(v: u32) -> String {
     match v {
         XDP_ABORTED => "XDP_ABORTED".into(),
@@ -1082,6 +1857,8 @@ struct Ipv4Frame {
     payload: usize,
     /// UDP checksum 0 ("none").
     no_udp_checksum: bool,
+    /// TCP sequence and acknowledgment numbers; random if None.
+    seq_ack: Option<(u32, u32)>,
 }
 
 impl Ipv4Frame {
@@ -1096,6 +1873,7 @@ impl Ipv4Frame {
             tcp_options: 0,
             payload: 0,
             no_udp_checksum: false,
+            seq_ack: None,
         }
     }
 }
@@ -1178,7 +1956,13 @@ fn write_ipv4(rng: &mut Rng, buf: &mut Vec<u8>, p: &Ipv4Frame) {
         PROTO_TCP => {
             buf.extend_from_slice(&p.src.port().to_be_bytes());
             buf.extend_from_slice(&p.dst.port().to_be_bytes());
-            push_random(rng, buf, 8); // seq, ack
+            match p.seq_ack {
+                Some((seq, ack)) => {
+                    buf.extend_from_slice(&seq.to_be_bytes());
+                    buf.extend_from_slice(&ack.to_be_bytes());
+                }
+                None => push_random(rng, buf, 8),
+            }
             buf.push((((20 + p.tcp_options) / 4) as u8) << 4);
             buf.push(p.tcp_flags);
             buf.extend_from_slice(&[0xfa, 0xf0, 0, 0, 0, 0]);
@@ -1330,6 +2114,56 @@ impl Gen {
         p
     }
 
+    /// A client packet of a half-open connection: half the time, when
+    /// there is one whose backend's SYN-ACK was recorded, the ACK of that
+    /// SYN-ACK that completes the handshake (or, now and then, one that is
+    /// off by one); else any.
+    fn client_of_embryo(&mut self, model: &Model) -> (&'static str, Ipv4Frame) {
+        if !model.synacked.is_empty() && self.pct(50) {
+            let key = self.pick(model.synacked.keys());
+            let reply = model
+                .partner(&key)
+                .map(|r| model.embryos[&r])
+                .expect("a SYN-ACKed connection has its reply half");
+            let mut p = self.of_flow(key);
+            p.tcp_flags = self.pick(&[TCP_ACK, TCP_ACK, TCP_ACK | TCP_PSH]);
+            if p.tcp_flags == TCP_ACK {
+                p.payload = 0;
+            }
+            let ack = if self.pct(90) {
+                reply.ack_expect
+            } else {
+                reply.ack_expect.wrapping_add(self.pick(&[1, u32::MAX]))
+            };
+            p.seq_ack = Some((reply.syn_next, ack));
+            return ("client ACK of the SYN-ACK of a half-open connection", p);
+        }
+        let key = self.pick(model.embryo_fwd.keys());
+        ("client packet of a half-open connection", self.of_flow(key))
+    }
+
+    /// A backend packet to a half-open connection's NAT port: half the
+    /// time a SYN-ACK, mostly acknowledging the client's SYN; else any.
+    fn backend_of_embryo(&mut self, model: &Model) -> (&'static str, Ipv4Frame) {
+        let key = self.pick(model.embryo_rep.keys());
+        let e = model.embryos[&key];
+        let mut p = self.of_flow(key);
+        if self.pct(50) {
+            p.tcp_flags = TCP_SYN | TCP_ACK;
+            if self.pct(80) {
+                p.payload = 0;
+            }
+            let ack = match self.rng.range(0, 9) {
+                0 => self.rng.u32(),
+                1 => e.syn_next.wrapping_add(1),
+                _ => e.syn_next,
+            };
+            p.seq_ack = Some((self.rng.u32(), ack));
+            return ("backend SYN-ACK to a half-open connection", p);
+        }
+        ("backend packet to a half-open connection", p)
+    }
+
     /// The next random frame in `buf`.
     fn frame(&mut self, buf: &mut Vec<u8>, model: &Model) -> Recipe {
         let roll = self.rng.range(0, 99);
@@ -1344,17 +2178,27 @@ impl Gen {
                 write_ipv4(&mut self.rng, buf, &p);
                 (Recipe::of("UDP to the UDP service"), true)
             }
-            34..=43 if !model.forward_keys.is_empty() => {
-                let key = self.pick(&model.forward_keys);
+            34..=38 if !model.forward_keys.is_empty() => {
+                let key = self.pick(model.forward_keys.keys());
                 let p = self.of_flow(key);
                 write_ipv4(&mut self.rng, buf, &p);
                 (Recipe::of("client packet of a NATed flow"), true)
             }
-            44..=55 if !model.reply_keys.is_empty() => {
-                let key = self.pick(&model.reply_keys);
+            39..=43 if !model.embryo_fwd.is_empty() => {
+                let (what, p) = self.client_of_embryo(model);
+                write_ipv4(&mut self.rng, buf, &p);
+                (Recipe::of(what), true)
+            }
+            44..=49 if !model.reply_keys.is_empty() => {
+                let key = self.pick(model.reply_keys.keys());
                 let p = self.of_flow(key);
                 write_ipv4(&mut self.rng, buf, &p);
                 (Recipe::of("backend reply to a NAT port of a flow"), true)
+            }
+            50..=55 if !model.embryo_rep.is_empty() => {
+                let (what, p) = self.backend_of_embryo(model);
+                write_ipv4(&mut self.rng, buf, &p);
+                (Recipe::of(what), true)
             }
             34..=59 => {
                 // A reply-looking packet from a backend to a NAT port (or
@@ -1806,6 +2650,9 @@ fn systematic(rng: &mut Rng, tcp: &Connection, udp: &Connection) -> Vec<(&'stati
     frames
 }
 
+/// A frame from one (MAC, address) to another.
+type FrameOf = fn(Mac, SocketAddrV4, Mac, SocketAddrV4) -> Vec<u8>;
+
 /// A connection opened before the fuzz.
 struct Connection {
     proto: u8,
@@ -1836,6 +2683,7 @@ impl Fuzz<'_> {
     /// after the fuzz. Returns the output frame.
     fn frame(&mut self, index: Option<u64>, f: &[u8], recipe: &dyn fmt::Display) -> &[u8] {
         let expect = self.model.classify(f);
+        self.model.prepare(&expect, self.node);
         let (ret, len) = self.runner.run(f);
         let out = &self.runner.out[..len];
         let counted = self.model.check(f, ret, out, expect, &mut self.want);
@@ -1891,7 +2739,9 @@ impl Fuzz<'_> {
     }
 
     /// Opens a connection from `client` with `first`, answers it with
-    /// `answer` (both checked by the model), and returns it.
+    /// `answer`, and, for TCP, completes the handshake with the client's
+    /// `complete` (each frame checked by the model, and against the frame
+    /// it must become); returns it.
     fn establish(
         &mut self,
         proto: u8,
@@ -1899,6 +2749,7 @@ impl Fuzz<'_> {
         vip: SocketAddrV4,
         first: impl Fn(Mac, SocketAddrV4, Mac, SocketAddrV4) -> Vec<u8>,
         answer: impl Fn(Mac, SocketAddrV4, Mac, SocketAddrV4) -> Vec<u8>,
+        complete: Option<FrameOf>,
     ) -> Connection {
         let f = first(CLIENT_MAC, client, LB_MAC, vip);
         let out = self.frame(None, &f, &"opening a connection").to_vec();
@@ -1918,6 +2769,17 @@ impl Fuzz<'_> {
             answer(LB_MAC, vip, CLIENT_MAC, client),
             "the connection's answer"
         );
+        if let Some(complete) = complete {
+            let f = complete(CLIENT_MAC, client, LB_MAC, vip);
+            let out = self
+                .frame(None, &f, &"completing a connection's handshake")
+                .to_vec();
+            assert_eq!(
+                out,
+                complete(LB_MAC, snat, backend_mac, backend),
+                "the client's ACK of the SYN-ACK"
+            );
+        }
         Connection {
             proto,
             client,
@@ -1986,6 +2848,14 @@ fn tcp_syn_ack(sm: Mac, s: SocketAddrV4, dm: Mac, d: SocketAddrV4) -> Vec<u8> {
         .build()
 }
 
+fn tcp_ack(sm: Mac, s: SocketAddrV4, dm: Mac, d: SocketAddrV4) -> Vec<u8> {
+    FrameBuilder::tcp(sm, dm, s, d)
+        .flags(TCP_ACK)
+        .seq(0x6b8b_4568)
+        .ack(0x327b_23c7)
+        .build()
+}
+
 fn tcp_data(sm: Mac, s: SocketAddrV4, dm: Mac, d: SocketAddrV4) -> Vec<u8> {
     FrameBuilder::tcp(sm, dm, s, d)
         .flags(TCP_ACK | TCP_PSH)
@@ -2032,6 +2902,7 @@ fn fuzz(s: Settings) {
         addr(VIP, API_PORT),
         tcp_syn,
         tcp_syn_ack,
+        Some(tcp_ack),
     );
     let udp = fz.establish(
         PROTO_UDP,
@@ -2039,12 +2910,18 @@ fn fuzz(s: Settings) {
         addr(VIP, DNS_PORT),
         udp_datagram,
         udp_datagram,
+        None,
     );
     fz.model.pin();
+    assert_eq!(
+        (fz.model.pinned.len(), fz.model.embryos.len()),
+        (4, 0),
+        "the two connections opened: two flows, no half-open connection"
+    );
     fz.check_counters(0, &[]);
     fz.model
-        .check_flows(&node, 0)
-        .unwrap_or_else(|e| panic!("FLOWS after opening the connections:\n  {e}"));
+        .check_maps(&node, 0)
+        .unwrap_or_else(|e| panic!("FLOWS and EMBRYOS after opening the connections:\n  {e}"));
     let mut flows_before = fz.model.flows.len();
     fz.tally.first = 0;
 
@@ -2055,6 +2932,7 @@ fn fuzz(s: Settings) {
     };
     let mut buf = Vec::with_capacity(MAX_FRAME + 64);
     let mut verdicts = [0u64; 5];
+    let mut most_embryos = 0;
     let started = Instant::now();
     let mut last_report = started;
     for i in 0..s.frames {
@@ -2074,25 +2952,39 @@ fn fuzz(s: Settings) {
         }
         if (i + 1).is_multiple_of(FLOWS_EVERY) {
             fz.model
-                .check_flows(&node, flows_before)
+                .check_maps(&node, flows_before)
                 .unwrap_or_else(|e| {
                     panic!(
-                        "FLOWS after fuzz frame #{i} (seed {:#x}):\n  {e}\n  \
+                        "FLOWS and EMBRYOS after fuzz frame #{i} (seed {:#x}):\n  {e}\n  \
                      replay: XDPLB_FUZZ_SEED={:#x} XDPLB_FUZZ_FRAMES={}",
                         s.seed,
                         s.seed,
                         i + 1
                     )
                 });
-            // Ageing, now and then: mostly once the table is half full,
-            // sometimes not until it has been full for a while.
+            // Ageing, now and then: at times once the table is half full,
+            // often not until it has been full for a while (TCP connections
+            // only come into FLOWS once their handshakes complete, so it
+            // fills up more slowly than it would with every SYN's flow).
             let full = fz.model.flows.len() + 2 > MAX_FLOWS as usize;
-            if (fz.model.flows.len() > MAX_FLOWS as usize / 2 && rng.range(0, 3) != 0)
+            if (fz.model.flows.len() > MAX_FLOWS as usize / 2 && rng.range(0, 3) == 0)
                 || (full && rng.range(0, 1) == 0)
             {
                 fz.model.age(&node);
             }
             flows_before = fz.model.flows.len();
+            // EMBRYOS' LRU, standing in for the kernel's: a few entries go
+            // at every check, so that there are orphans early on; the rest
+            // pile up until half-open connections hold most NAT ports of
+            // the TCP backends (so that new ones must reclaim ports); above
+            // EMBRYOS_HIGH, most go.
+            most_embryos = most_embryos.max(fz.model.embryos.len());
+            let percent = if fz.model.embryos.len() > EMBRYOS_HIGH {
+                75
+            } else {
+                1
+            };
+            fz.model.evict(&node, &mut rng, percent);
         }
         if last_report.elapsed() > Duration::from_secs(10) {
             last_report = Instant::now();
@@ -2115,6 +3007,14 @@ fn fuzz(s: Settings) {
     fz.still_nats(&tcp, &tcp_data);
     fz.still_nats(&udp, &udp_datagram);
     fz.check_counters(s.frames + 3, &[]);
+    fz.model
+        .check_maps(&node, flows_before)
+        .unwrap_or_else(|e| {
+            panic!(
+                "FLOWS and EMBRYOS after the fuzz (seed {:#x}):\n  {e}",
+                s.seed
+            )
+        });
     let flows = node.flows();
     for key in &fz.model.pinned {
         let half = fz.model.flows[key];
@@ -2146,9 +3046,29 @@ fn fuzz(s: Settings) {
         verdicts[0], verdicts[1], verdicts[2], verdicts[3], verdicts[4]
     );
     eprintln!(
-        "fuzz: {} NATed ({} with valid checksums in), {} connections opened, \
-         {} refused (table full / no port), {} flows aged",
-        st.nated, st.nated_valid_checksums, st.opened, st.table_full, st.aged
+        "fuzz: {} NATed ({} with valid checksums in); {} UDP flows opened; \
+         {} half-open connections ({} by a SYN), at most {most_embryos} EMBRYOS entries; \
+         {} SYN-ACKs recorded, {} refused as stale; promoted {} by the handshake, \
+         {} by the backend's answer; {} reset, {} reclaimed, {} ACKs lost, \
+         {} packets of orphaned halves; {} refused (table full / no port), {} of them \
+         promotions; {} flows aged, {} EMBRYOS entries evicted",
+        st.nated,
+        st.nated_valid_checksums,
+        st.udp_opened,
+        st.embryos_syn + st.embryos_mid,
+        st.embryos_syn,
+        st.synacks,
+        st.stale_synacks,
+        st.promoted_handshake,
+        st.promoted_answer,
+        st.reset,
+        st.reclaimed,
+        st.lost,
+        st.orphans,
+        st.table_full,
+        st.promotions_refused,
+        st.aged,
+        st.evicted
     );
     let mut line = String::from("fuzz: reasons:");
     for (r, c) in totals.nonzero() {
@@ -2187,6 +3107,39 @@ fn fuzz(s: Settings) {
         assert!(
             st.nated_valid_checksums > 0 && st.table_full > 0,
             "the fuzz never NATed a frame with valid checksums, or never filled FLOWS"
+        );
+        let corners = [
+            ("half-open connections opened by a SYN", st.embryos_syn),
+            ("half-open connections picked up mid-stream", st.embryos_mid),
+            ("SYN-ACKs recorded", st.synacks),
+            ("stale SYN-ACKs", st.stale_synacks),
+            ("promotions by the handshake", st.promoted_handshake),
+            ("promotions by the backend's answer", st.promoted_answer),
+            ("resets of half-open connections", st.reset),
+            ("ACKs of connections whose reply half is gone", st.lost),
+            ("packets of orphaned halves", st.orphans),
+            ("promotions refused (FLOWS full)", st.promotions_refused),
+            ("EMBRYOS evictions", st.evicted),
+        ];
+        let missed: Vec<&str> = corners
+            .iter()
+            .filter(|(_, n)| *n == 0)
+            .map(|(what, _)| *what)
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "{} fuzzed frames never made {missed:?}",
+            s.frames
+        );
+    }
+    // Ports are reclaimed once half-open connections hold most of a
+    // backend's, which takes some 300 000 frames to come to.
+    if s.frames >= 1_000_000 {
+        assert!(
+            st.reclaimed > 0,
+            "{} fuzzed frames never made a new connection reclaim a NAT port \
+             (at most {most_embryos} EMBRYOS entries)",
+            s.frames
         );
     }
 }
