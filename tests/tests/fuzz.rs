@@ -145,7 +145,7 @@ use lab::{
     testrun::{self, Mac, XdpMd},
 };
 use lb_common::{
-    csum::{checksum, fold, l4_checksum, pseudo_header_sum, sum},
+    csum::{self, checksum, fold, l4_checksum, pseudo_header_sum, sum},
     flow::{
         DIR_FORWARD, DIR_REPLY, EMBRYO_SYN, EMBRYO_SYNACK, Embryo, Flow, FlowKey, NAT_PORT_TRIES,
         flow_hash, nat_choice,
@@ -595,6 +595,10 @@ enum Step {
     Forward,
     Promoted,
     Stop(Reason),
+    /// An RST back to the backend (rewrite::reset_to_sender).
+    ResetBackend,
+    /// The half is gone: the SYN opens a new connection.
+    Reopen,
 }
 
 /// Flow keys with O(1) insert, remove and random pick; the pick order
@@ -700,6 +704,11 @@ struct Stats {
     /// SYN-ACKs recorded, and refused for acknowledging another SYN.
     synacks: u64,
     stale_synacks: u64,
+    /// Backend segments (not SYN-ACKs) to a SYN's half-open connection
+    /// before its SYN-ACK: reset back to the backend.
+    challenge_resets: u64,
+    /// Client SYNs on a forward half whose port was reclaimed: reopened.
+    reopened: u64,
     /// Client ACKs whose reply half was gone (drop_embryo_lost).
     lost: u64,
     /// Packets forwarded by a half whose other half is gone or another
@@ -779,6 +788,47 @@ fn residual(data: &[u8], initial: u32) -> u16 {
 }
 
 /// `out` is `f` as it came, with verdict `action` for `reason`.
+/// `out` is the backend's packet `f` turned back to it as an RST (lb-ebpf
+/// rewrite::reset_to_sender): MACs, addresses and ports swapped, sequence
+/// number the packet's acknowledgment number, no ACK, flags RST, the TCP
+/// checksum patched for those three (keeping any error it had), nothing
+/// else changed; XDP_TX, tx_reset_backend.
+fn reset_to_sender(f: &[u8], ret: u32, out: &[u8], want: &mut Vec<u8>) -> Result<Counted, String> {
+    if ret != XDP_TX {
+        return Err(format!(
+            "verdict {}, expected XDP_TX (tx_reset_backend)",
+            action_name(ret)
+        ));
+    }
+    let ip = ETH_HDR_LEN;
+    let l4 = ip + usize::from(f[ip] & 0x0f) * 4;
+    want.clear();
+    want.extend_from_slice(f);
+    want[0..6].copy_from_slice(&f[6..12]);
+    want[6..12].copy_from_slice(&f[0..6]);
+    want[ip + 12..ip + 16].copy_from_slice(&f[ip + 16..ip + 20]);
+    want[ip + 16..ip + 20].copy_from_slice(&f[ip + 12..ip + 16]);
+    want[l4..l4 + 2].copy_from_slice(&f[l4 + 2..l4 + 4]);
+    want[l4 + 2..l4 + 4].copy_from_slice(&f[l4..l4 + 2]);
+    let (seq, ack) = (arr4(f, l4 + 4), arr4(f, l4 + 8));
+    let (doff, flags) = (f[l4 + 12], f[l4 + 13]);
+    let mut c = csum::replace_u32(arr2(f, l4 + 16), seq, ack);
+    c = csum::replace_u32(c, ack, [0; 4]);
+    c = csum::replace_u16(c, [doff, flags], [doff, TCP_RST]);
+    want[l4 + 4..l4 + 8].copy_from_slice(&ack);
+    want[l4 + 8..l4 + 12].fill(0);
+    want[l4 + 13] = TCP_RST;
+    want[l4 + 16..l4 + 18].copy_from_slice(&c);
+    if out != &want[..] {
+        return Err(format!(
+            "the RST back to the backend differs:\n  expected {}\n  got      {}",
+            hex(want),
+            hex(out)
+        ));
+    }
+    Ok(Counted::Exactly(Reason::TxResetBackend))
+}
+
 fn unchanged(
     f: &[u8],
     ret: u32,
@@ -1000,11 +1050,25 @@ impl Model {
     /// several are often born in one tick. So that the run does not depend
     /// on timing, the candidates' birth stamps are set to the model's order
     /// first (the only write the test makes to EMBRYOS, but for evictions).
-    fn prepare(&self, expect: &Expect, node: &Node) {
-        let Expect::New(key, service) = expect else {
-            return;
+    /// A client's SYN on a forward half whose port was reclaimed opens a
+    /// new connection too (Step::Reopen), and is prepared the same way.
+    fn prepare(&self, expect: &Expect, f: &[u8], node: &Node) {
+        let (key, service) = match *expect {
+            Expect::New(key, service) => (key, service),
+            Expect::HalfOpen(key) if self.reopens(&key, f) => (
+                key,
+                ServiceKey {
+                    vip: key.dst,
+                    port: key.dport,
+                    proto: key.proto,
+                    _pad: 0,
+                },
+            ),
+            _ => return,
         };
-        if key.proto != PROTO_TCP {
+        let key = &key;
+        let service = &service;
+        if key.proto != PROTO_TCP || !self.services.contains_key(service) {
             return;
         }
         let (_, bip, bport, hash) = self.backend_of(key, service);
@@ -1016,6 +1080,21 @@ impl Model {
                 .collect();
             node.stamp_births(&stamps);
         }
+    }
+
+    /// Whether the frame `f`, of the half-open half `key`, is a client's
+    /// SYN (no RST, not a bare ACK) whose other half is gone: check_half_open
+    /// reopens it.
+    fn reopens(&self, key: &FlowKey, f: &[u8]) -> bool {
+        let Some(e) = self.embryos.get(key) else {
+            return false;
+        };
+        let flags = f[l4_at(f) + 13];
+        e.half.dir == DIR_FORWARD
+            && flags & TCP_RST == 0
+            && flags & (TCP_SYN | TCP_ACK) != TCP_ACK
+            && flags & TCP_SYN != 0
+            && self.partner(key).is_none()
     }
 
     fn tick(&mut self) -> u64 {
@@ -1242,6 +1321,10 @@ impl Model {
         } else if to_backend {
             if flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
                 self.client_ack(&key, ack)
+            } else if flags & TCP_SYN != 0 && orphan {
+                self.remove_embryo(&key);
+                self.stats.reopened += 1;
+                Step::Reopen
             } else {
                 Step::Forward
             }
@@ -1253,6 +1336,20 @@ impl Model {
         let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
         match step {
             Step::Stop(reason) => unchanged(f, ret, out, XDP_DROP, reason),
+            Step::ResetBackend => reset_to_sender(f, ret, out, want),
+            Step::Reopen => {
+                let service = ServiceKey {
+                    vip: key.dst,
+                    port: key.dport,
+                    proto: key.proto,
+                    _pad: 0,
+                };
+                if self.services.contains_key(&service) {
+                    self.check_new_tcp(f, ret, out, key, service, want)
+                } else {
+                    unchanged(f, ret, out, XDP_PASS, Reason::PassNotService)
+                }
+            }
             Step::Forward | Step::Promoted => {
                 if orphan && matches!(step, Step::Forward) {
                     self.stats.orphans += 1;
@@ -1299,9 +1396,10 @@ impl Model {
             return Step::Forward;
         }
         if ack != e.syn_next {
-            // For an older connection that had this NAT port.
+            // For an older connection that had this NAT port: the backend
+            // is told to drop it.
             self.stats.stale_synacks += 1;
-            return Step::Stop(Reason::DropEmbryoLost);
+            return Step::ResetBackend;
         }
         e.ack_expect = seq.wrapping_add(1);
         e.state |= EMBRYO_SYNACK;
@@ -1318,7 +1416,14 @@ impl Model {
     /// Embryo: a backend's segment for an older connection on the NAT
     /// port, or one a spoofer's packets provoke, must not promote it).
     fn backend_answer(&mut self, key: &FlowKey) -> Step {
-        if self.embryos[key].state & EMBRYO_SYN != 0 {
+        let state = self.embryos[key].state;
+        if state & EMBRYO_SYN != 0 {
+            if state & EMBRYO_SYNACK == 0 {
+                // Before this connection's SYN-ACK the backend speaks of an
+                // older one on the NAT port: reset back to it.
+                self.stats.challenge_resets += 1;
+                return Step::ResetBackend;
+            }
             return Step::Forward;
         }
         match self.partner(key) {
@@ -2683,7 +2788,7 @@ impl Fuzz<'_> {
     /// after the fuzz. Returns the output frame.
     fn frame(&mut self, index: Option<u64>, f: &[u8], recipe: &dyn fmt::Display) -> &[u8] {
         let expect = self.model.classify(f);
-        self.model.prepare(&expect, self.node);
+        self.model.prepare(&expect, f, self.node);
         let (ret, len) = self.runner.run(f);
         let out = &self.runner.out[..len];
         let counted = self.model.check(f, ret, out, expect, &mut self.want);
@@ -3048,7 +3153,8 @@ fn fuzz(s: Settings) {
     eprintln!(
         "fuzz: {} NATed ({} with valid checksums in); {} UDP flows opened; \
          {} half-open connections ({} by a SYN), at most {most_embryos} EMBRYOS entries; \
-         {} SYN-ACKs recorded, {} refused as stale; promoted {} by the handshake, \
+         {} SYN-ACKs recorded, {} reset back as stale, {} challenge ACKs reset back, \
+         {} SYNs reopened; promoted {} by the handshake, \
          {} by the backend's answer; {} reset, {} reclaimed, {} ACKs lost, \
          {} packets of orphaned halves; {} refused (table full / no port), {} of them \
          promotions; {} flows aged, {} EMBRYOS entries evicted",
@@ -3059,6 +3165,8 @@ fn fuzz(s: Settings) {
         st.embryos_syn,
         st.synacks,
         st.stale_synacks,
+        st.challenge_resets,
+        st.reopened,
         st.promoted_handshake,
         st.promoted_answer,
         st.reset,
@@ -3113,6 +3221,11 @@ fn fuzz(s: Settings) {
             ("half-open connections picked up mid-stream", st.embryos_mid),
             ("SYN-ACKs recorded", st.synacks),
             ("stale SYN-ACKs", st.stale_synacks),
+            (
+                "challenge ACKs reset back to the backend",
+                st.challenge_resets,
+            ),
+            ("SYNs reopening a reclaimed connection", st.reopened),
             ("promotions by the handshake", st.promoted_handshake),
             ("promotions by the backend's answer", st.promoted_answer),
             ("resets of half-open connections", st.reset),
