@@ -881,7 +881,7 @@ impl Agent {
                 entries = s.entries,
                 max_flows = c.max_flows,
                 expired = s.expired,
-                "flow table nearly full: half-open and closing flows expire after 1 s idle; \
+                "flow table nearly full: closing flows expire after 1 s idle; \
                  a full table refuses new connections (drop_flow_table_full), raise max_flows"
             ),
             Ok(s) if s.expired > 0 => {

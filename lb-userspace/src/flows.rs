@@ -5,8 +5,11 @@
 //! Nothing else removes flows: FLOWS is not an LRU, because with full NAT
 //! an evicted established connection is a lost one. A full table refuses
 //! new connections instead, so when it runs nearly full the sweep makes
-//! room by expiring what is cheapest to lose: half-open (SYN only) and
-//! closing flows idle for a second.
+//! room by expiring what is cheapest to lose: closing flows idle for a
+//! second (and the rare SYN-only flow: a local backend's, whose kernel
+//! guards its listener). Half-open TCP connections are not in FLOWS at
+//! all: they live in EMBRYOS, an LRU the kernel keeps (lb-ebpf embryo.rs),
+//! until their handshake completes.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -45,9 +48,9 @@ pub const PRESSURE_FILL: f64 = 0.9;
 
 impl Timeouts {
     /// The timeouts of a nearly full table: established connections keep
-    /// theirs (losing one is what the table exists to prevent); half-open
-    /// ones (a SYN flood's) and closing ones go after a second idle, UDP
-    /// after ten.
+    /// theirs (losing one is what the table exists to prevent); closing
+    /// ones and SYN-only ones (a local backend's) go after a second idle,
+    /// UDP after ten.
     pub fn under_pressure(&self) -> Timeouts {
         let second = Duration::from_secs(1);
         Timeouts {

@@ -116,6 +116,8 @@ pub struct BackendConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub tcp_established: Duration,
+    /// A flow that has seen only a SYN: a local backend's (a NATed
+    /// connection is half-open in EMBRYOS until its handshake completes).
     pub tcp_syn: Duration,
     /// After a FIN or RST.
     pub tcp_closing: Duration,
