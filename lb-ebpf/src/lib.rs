@@ -29,7 +29,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{Choice, FlowRef},
+    conntrack::FlowRef,
     embryo::{EmbryoRef, Step},
     forward::Hop,
     parse::{Ipv4Packet, Parsed},
@@ -302,38 +302,14 @@ fn new_connection(
     if choice.backend.flags & BACKEND_LOCAL != 0 {
         return conntrack::create_local(pkt, &choice, config, now);
     }
-    if tcp {
-        new_tcp(ctx, pkt, &choice, config, now)
+    // TCP: half-open until its handshake completes. UDP: straight into
+    // FLOWS.
+    let made = if tcp {
+        embryo::open(ctx, pkt, &choice, config, now)
     } else {
-        new_udp(ctx, pkt, &choice, config, now)
-    }
-}
-
-/// A new TCP connection: half-open until its handshake completes.
-#[inline(always)]
-fn new_tcp(
-    ctx: &XdpContext,
-    pkt: &mut Ipv4Packet,
-    choice: &Choice,
-    config: &DataplaneConfig,
-    now: u64,
-) -> Verdict {
-    match embryo::open(ctx, pkt, choice, config, now) {
-        Ok(flow) => send_new(ctx, pkt, &flow, config, now),
-        Err(verdict) => verdict,
-    }
-}
-
-/// A new UDP flow: straight into FLOWS.
-#[inline(always)]
-fn new_udp(
-    ctx: &XdpContext,
-    pkt: &mut Ipv4Packet,
-    choice: &Choice,
-    config: &DataplaneConfig,
-    now: u64,
-) -> Verdict {
-    match conntrack::create(ctx, pkt, choice, config, now) {
+        conntrack::create(ctx, pkt, &choice, config, now)
+    };
+    match made {
         Ok(flow) => send_new(ctx, pkt, &flow, config, now),
         Err(verdict) => verdict,
     }
