@@ -19,6 +19,13 @@
 //!   the oldest embryo among them (counted as `reclaimed`). Ports of
 //!   FLOWS entries (established connections) are never taken.
 //!
+//! A reclaimed port may still carry the flood's half-open connection on
+//! the backend. The backend then answers the new SYN for the old one (a
+//! challenge ACK, or its SYN-ACK retransmission); the data plane turns
+//! that answer into an RST back to the backend (rewrite::reset_to_sender),
+//! and the client's retransmitted SYN, a second later, opens the new one
+//! (anew, on another port, if this one was reclaimed again meanwhile).
+//!
 //! So a flood costs the backends its SYNs (their kernels answer with SYN
 //! cookies) but never state that a legitimate connection needs. The
 //! alternative weighed, SYN cookies in XDP, would keep the flood off the
