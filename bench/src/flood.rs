@@ -165,11 +165,21 @@ struct Run {
     /// backends' and the bridge's.
     lb_backlog_drops: u64,
     load_backlog_drops: u64,
+    /// User-mode seconds on the LB CPU that were not the LB's: other
+    /// programs (a build, another test) that ran there during the flood
+    /// and are in `lb_busy_s`. The machine is shared and nothing keeps
+    /// them out; this tells the reader which runs they spoilt.
+    foreign_user_s: f64,
     /// xdplb's verdicts over the flood, by reason, the largest first.
     verdicts: Vec<(&'static str, u64)>,
 }
 
 impl Run {
+    /// Other programs ran on the LB CPU for more than a trace of the flood.
+    fn spoilt(&self) -> bool {
+        self.foreign_user_s > 0.02 * self.secs
+    }
+
     fn ns_per_packet(&self) -> f64 {
         1e9 * self.lb_busy_s / self.sent.max(1) as f64
     }
@@ -212,7 +222,7 @@ fn measure(opts: Options) -> Result<Measured> {
                 match one(&mut pinned, lb, flood, &plan) {
                     Ok(r) => {
                         println!(
-                            "bench flood: rep {} {:<13} {}: legit {}/{} ({:.0}%) p50 {:.1} ms; {} packets in {:.1} s ({:.0} pps), dropped: {} in lb1's veth ring, {} + {} at cpu{LB_CPU}'s + cpu{LOAD_CPU}'s backlog; cpu{LB_CPU} busy {:.0}%, {:.0} ns/packet",
+                            "bench flood: rep {} {:<13} {}: legit {}/{} ({:.0}%) p50 {:.1} ms; {} packets in {:.1} s ({:.0} pps), dropped: {} in lb1's veth ring, {} + {} at cpu{LB_CPU}'s + cpu{LOAD_CPU}'s backlog; cpu{LB_CPU} busy {:.0}% ({:.2} s of it other programs'), {:.0} ns/packet",
                             rep + 1,
                             lb.name(),
                             flood.name(),
@@ -227,6 +237,7 @@ fn measure(opts: Options) -> Result<Measured> {
                             r.lb_backlog_drops,
                             r.load_backlog_drops,
                             100.0 * r.lb_busy_s / r.secs,
+                            r.foreign_user_s,
                             r.ns_per_packet()
                         );
                         runs.entry((li, fi)).or_default().push(r);
@@ -284,6 +295,8 @@ fn one(pinned: &mut PinnedLab, lb: Lb, flood: Flood, plan: &Plan) -> Result<Run>
     let sw = format!("{}-sw", lab.id);
     let ring0 = dev_counters(&sw, "p-lb1")?[TX_DROPPED];
     let drops0 = [cpu::backlog_drops(LB_CPU), cpu::backlog_drops(LOAD_CPU)];
+    let ours = |pids: &[i32]| -> f64 { pids.iter().map(|p| cpu::tree_times(*p).0).sum() };
+    let user0 = (cpu::user_seconds(LB_CPU)?, ours(&running.pids));
     let clock = cpu::BusyClock::start(LB_CPU)?;
     let t0 = Instant::now();
     let mut hping = Hping3::start(
@@ -299,6 +312,8 @@ fn one(pinned: &mut PinnedLab, lb: Lb, flood: Flood, plan: &Plan) -> Result<Run>
     let sent = hping.stop()?;
     let (lb_busy_s, _ticks) = clock.busy()?;
     let secs = t0.elapsed().as_secs_f64();
+    let foreign_user_s =
+        ((cpu::user_seconds(LB_CPU)? - user0.0) - (ours(&running.pids) - user0.1)).max(0.0);
     let lb_backlog_drops = cpu::backlog_drops(LB_CPU) - drops0[0];
     let load_backlog_drops = cpu::backlog_drops(LOAD_CPU) - drops0[1];
     let ring_drops = dev_counters(&sw, "p-lb1")?[TX_DROPPED] - ring0;
@@ -314,6 +329,7 @@ fn one(pinned: &mut PinnedLab, lb: Lb, flood: Flood, plan: &Plan) -> Result<Run>
         ring_drops,
         lb_backlog_drops,
         load_backlog_drops,
+        foreign_user_s,
         verdicts,
     })
 }
@@ -542,6 +558,7 @@ fn sections(m: Measured) -> [Section; 4] {
     let mut per_run = Vec::new();
     let mut xdp_verdicts = Vec::new();
     let mut no_time = Vec::new();
+    let mut spoilt = Vec::new();
     for flood in Flood::ALL {
         for lb in LBS {
             let r = get(lb, flood);
@@ -603,6 +620,14 @@ fn sections(m: Measured) -> [Section; 4] {
                     .collect::<Vec<_>>()
                     .join("; ")
             ));
+            for (i, r) in r.iter().enumerate().filter(|(_, r)| r.spoilt()) {
+                spoilt.push(format!(
+                    "{tag} repetition {} ({:.1} s of {:.1})",
+                    i + 1,
+                    r.foreign_user_s,
+                    r.secs
+                ));
+            }
             if let Some(last) = r.last().filter(|r| !r.verdicts.is_empty()) {
                 let top: Vec<String> = last
                     .verdicts
@@ -718,6 +743,18 @@ fn sections(m: Measured) -> [Section; 4] {
          fed from); with cpu{LB_CPU} saturated, the figure is what the LB got through, not what the flood would cost \
          it in full. Drops at cpu{LOAD_CPU}'s backlog are on the client's, the bridge's or the backends' side."
     ));
+    if spoilt.is_empty() {
+        cost.notes.push(format!(
+            "No other program ran on cpu{LB_CPU} during any flood (its user time, tick-sampled, less the LB's own, \
+             under 2% of the flood)."
+        ));
+    } else {
+        cost.notes.push(format!(
+            "Other programs ran on cpu{LB_CPU} during some floods (its user time, tick-sampled, less the LB's own): \
+             {}. Their time is in those figures: not trustworthy.",
+            spoilt.join(", ")
+        ));
+    }
     cost.notes
         .push(format!("Per repetition: {}.", per_run.join(". ")));
     if !xdp_verdicts.is_empty() {
