@@ -741,7 +741,9 @@ fn sections(m: Measured) -> [Section; 4] {
          section). A packet dropped on the way in costs lb1 little or nothing: in lb1's veth ring (the NAPI ring native \
          XDP reads, full when it falls behind) or at cpu{LB_CPU}'s backlog (the RPS queue generic XDP and haproxy are \
          fed from); with cpu{LB_CPU} saturated, the figure is what the LB got through, not what the flood would cost \
-         it in full. Drops at cpu{LOAD_CPU}'s backlog are on the client's, the bridge's or the backends' side."
+         it in full. Drops at cpu{LOAD_CPU}'s backlog are on the client's, the bridge's or the backends' side. \
+         Below saturation the figure includes cpu{LB_CPU} going idle and being woken (an IPI from cpu{LOAD_CPU} for \
+         every batch RPS or the veth hands it, costly in a VM), for every LB alike."
     ));
     if spoilt.is_empty() {
         cost.notes.push(format!(
@@ -764,8 +766,11 @@ fn sections(m: Measured) -> [Section; 4] {
         ));
     }
     rate.notes.push(format!(
-        "Packets hping3 sent ÷ the flood's wall time. hping3 shares cpu{LOAD_CPU} with the backends and the bridge, \
-         so an LB that passes the flood on to the backends (xdplb NATs every SYN to one) slows the flood itself."
+        "Packets hping3 sent ÷ the flood's wall time. hping3 is CPU-bound and shares cpu{LOAD_CPU} with the bridge, \
+         the backends and the client's receive path, so what comes back to the client slows it: haproxy's kernel \
+         answers every flood packet (a SYN-ACK with a cookie, or an RST) to the spoofed source, through lb1's \
+         gateway, the client; what xdplb did with them is in its verdicts (the CPU section). Hence CPU per packet, \
+         not per second."
     ));
     [ok, time, cost, rate]
 }
