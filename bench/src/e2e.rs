@@ -10,8 +10,9 @@
 //! One measurement feeds three sections (req/s, LB CPU per request,
 //! latency); it runs once, on the first call, and the others read it.
 
-mod cpu;
-mod peers;
+// The flood part measures in the same lab, the same way (see PinnedLab).
+pub(crate) mod cpu;
+pub(crate) mod peers;
 mod wrk;
 
 use std::{
@@ -23,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
-use lab::{Lab, LabOptions};
+use lab::{Lab, LabOptions, proc::Proc};
 
 use self::{
     cpu::{LB_CPU, LOAD_CPU},
@@ -105,48 +106,116 @@ struct Measured {
     notes: Vec<String>,
 }
 
+/// The lab as every LB here is measured in: nginx in api1..3, lb1's work
+/// steered to [`LB_CPU`] and everything else's to [`LOAD_CPU`] (see the
+/// module docs), the machine lock held. The flood part starts its own, so
+/// both parts measure the LBs the same way.
+pub(crate) struct PinnedLab {
+    // Fields drop in order: the backends, then the lab, then the lock.
+    pub backends: Vec<Proc>,
+    pub lab: Lab,
+    /// cpu1's busy share over a second with nothing to balance.
+    pub idle_busy: f64,
+    /// /proc/loadavg's first three fields before the lab started.
+    loadavg: String,
+    load1: f64,
+    lock: Option<cpu::MachineLock>,
+}
+
+impl PinnedLab {
+    pub fn start() -> Result<PinnedLab> {
+        let lock = cpu::MachineLock::acquire(Duration::from_secs(900))?;
+        let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load1: f64 = loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let lab = Lab::start(LabOptions {
+            start_apiservers: false,
+            ..LabOptions::default()
+        })
+        .context("starting the lab")?;
+        for h in lab.hosts() {
+            let cpu = if h.name == "lb1" { LB_CPU } else { LOAD_CPU };
+            cpu::steer_rx(&h.ns.name, cpu)?;
+        }
+        // lb1's peer on the bridge runs XDP (see lab::peer_xdp), so what lb1
+        // sends is polled by that peer's NAPI on the sending CPU: the bridge
+        // and the backends' veths would be billed to the LB. On a real NIC
+        // that part is the wire; move it to the load CPU, for every LB alike.
+        let before = cpu::napi_threads("p-lb1");
+        cpu::thread_napi(&format!("{}-sw", lab.id), "p-lb1", LOAD_CPU, &before)?;
+        let backends = peers::start_backends(&lab)?;
+        // What cpu1 does with nothing to balance: the floor under every figure.
+        let clock = cpu::BusyClock::start(LB_CPU)?;
+        thread::sleep(Duration::from_secs(1));
+        let idle_busy = clock.busy()?.0;
+        Ok(PinnedLab {
+            backends,
+            lab,
+            idle_busy,
+            loadavg: loadavg
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            load1,
+            lock,
+        })
+    }
+
+    /// Stops the backends and starts fresh ones: a listener that closes
+    /// takes its half-open connections (and their SYN-ACK retransmits)
+    /// with it.
+    pub fn restart_backends(&mut self) -> Result<()> {
+        // The old ones first: the new ones listen on the same port.
+        self.backends.clear();
+        self.backends = peers::start_backends(&self.lab)?;
+        Ok(())
+    }
+
+    /// The notes a part measured here starts with: the machine's load, the
+    /// LB CPU's floor, and whether another bench ran beside it.
+    pub fn conditions(&self) -> Vec<String> {
+        let mut notes = vec![format!(
+            "Load average before this part: {} ({}); cpu{LB_CPU} was {:.1}% busy with nothing to balance (in every LB figure below).",
+            self.loadavg,
+            if self.load1 > 0.5 {
+                "the machine was busy: expect noise"
+            } else {
+                "quiet"
+            },
+            100.0 * self.idle_busy
+        )];
+        // Another process on the LB CPU (a build, another helper's test) is
+        // in every figure, and no lock keeps it out: say so loudly.
+        if self.idle_busy > 0.1 {
+            notes.push(format!(
+                "cpu{LB_CPU} was busy with other work before the measurement: the LB CPU figures are not trustworthy."
+            ));
+        }
+        if self.lock.is_none() {
+            notes.push(format!(
+                "Another bench held {} for 15 minutes; measured anyway, beside it: the CPU figures are not trustworthy.",
+                cpu::LOCK_PATH
+            ));
+        }
+        notes
+    }
+}
+
 fn measure(opts: Options) -> Result<Measured> {
     let plan = Plan::new(opts);
     let mut notes = Vec::new();
-    let lock = cpu::MachineLock::acquire(Duration::from_secs(900))?;
-    if lock.is_none() {
-        notes.push(format!(
-            "Another bench held {} for 15 minutes; measured anyway, beside it: the CPU figures are not trustworthy.",
-            cpu::LOCK_PATH
-        ));
-    }
-    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load1: f64 = loadavg
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let lab = Lab::start(LabOptions {
-        start_apiservers: false,
-        ..LabOptions::default()
-    })
-    .context("starting the lab")?;
-    for h in lab.hosts() {
-        let cpu = if h.name == "lb1" { LB_CPU } else { LOAD_CPU };
-        cpu::steer_rx(&h.ns.name, cpu)?;
-    }
-    // lb1's peer on the bridge runs XDP (see lab::peer_xdp), so what lb1
-    // sends is polled by that peer's NAPI on the sending CPU: the bridge
-    // and the backends' veths would be billed to the LB. On a real NIC
-    // that part is the wire; move it to the load CPU, for every LB alike.
-    let before = cpu::napi_threads("p-lb1");
-    cpu::thread_napi(&format!("{}-sw", lab.id), "p-lb1", LOAD_CPU, &before)?;
-    let backends = peers::start_backends(&lab)?;
-    // What cpu1 does with nothing to balance: the floor under every figure.
-    let clock = cpu::BusyClock::start(LB_CPU)?;
-    thread::sleep(Duration::from_secs(1));
-    let idle_busy = clock.busy()?.0;
+    let pinned = PinnedLab::start()?;
+    let lab = &pinned.lab;
     let client = lab.host("client");
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
     for rep in 0..plan.reps {
         for (li, &lb) in Lb::ALL.iter().enumerate() {
             let r = (|| -> Result<()> {
-                let running = peers::start(&lab, lb, true)?;
+                let running = peers::start(lab, lb, true)?;
                 // Warm-up: ARP, health checks settled, first connections;
                 // and a check that the path works at all.
                 let w = wrk::run(
@@ -211,22 +280,12 @@ fn measure(opts: Options) -> Result<Measured> {
         }
     }
     let default_latency = if plan.loads.iter().any(|(l, _)| *l == Load::Single) {
-        default_latency(&lab, &plan, &mut notes)?
+        default_latency(lab, &plan, &mut notes)?
     } else {
         BTreeMap::new()
     };
-    drop(backends);
-    drop(lab);
-
-    notes.insert(
-        0,
-        format!(
-            "Load average before this part: {} ({}); cpu1 was {:.1}% busy with nothing to balance (in every LB figure below).",
-            loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-            if load1 > 0.5 { "the machine was busy: expect noise" } else { "quiet" },
-            100.0 * idle_busy
-        ),
-    );
+    notes.splice(0..0, pinned.conditions());
+    drop(pinned);
     Ok(Measured {
         plan,
         samples,

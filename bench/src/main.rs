@@ -7,6 +7,7 @@
 
 mod e2e;
 mod failover;
+mod flood;
 mod mpps;
 mod pkt;
 mod report;
@@ -25,7 +26,7 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e,
-    /// failover.
+    /// flood, failover.
     /// Results go to <date>-partial.*, which is not committed.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
@@ -145,13 +146,29 @@ pub fn run(opts: Options, only: &[String]) -> Result<()> {
         ),
         ("e2e", "end to end in the lab: latency", e2e::latency),
         (
+            "flood",
+            "floods: legit connections that succeeded",
+            flood::legit,
+        ),
+        (
+            "flood",
+            "floods: legit connections' handshake time",
+            flood::connect_time,
+        ),
+        (
+            "flood",
+            "floods: LB CPU per flood packet",
+            flood::cpu_per_packet,
+        ),
+        ("flood", "floods: flood rate", flood::rate),
+        (
             "failover",
             "VRRP failover beside keepalived + haproxy",
             failover::run,
         ),
     ];
     if let Some(bad) = only.iter().find(|o| !parts.iter().any(|(k, _, _)| k == o)) {
-        anyhow::bail!("--only {bad}: not a part (pkt, scale, memory, mpps, e2e, failover)");
+        anyhow::bail!("--only {bad}: not a part (pkt, scale, memory, mpps, e2e, flood, failover)");
     }
     let partial = !only.is_empty();
     for (key, name, part) in parts {

@@ -52,7 +52,7 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Run only these parts (repeatable): pkt, scale, memory, mpps, e2e,
-        /// failover.
+        /// flood, failover.
         /// Results go to <date>-partial.*, which is not committed.
         #[arg(long, value_name = "PART")]
         only: Vec<String>,

@@ -10,28 +10,41 @@ pub const LOAD_CPU: usize = 0;
 /// The CPU the load balancer's work is steered to and measured on.
 pub const LB_CPU: usize = 1;
 
-/// `/proc/stat`'s line for `cpu`: (tick-sampled busy seconds: every
-/// column but idle and iowait; idle + iowait seconds).
-fn stat_seconds(cpu: usize) -> Result<(f64, f64)> {
+/// `/proc/stat`'s columns for `cpu`, in seconds: user nice system idle
+/// iowait irq softirq steal (and more on newer kernels).
+fn stat_columns(cpu: usize) -> Result<Vec<f64>> {
     let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let tag = format!("cpu{cpu}");
     let line = stat
         .lines()
         .find(|l| l.split_whitespace().next() == Some(tag.as_str()))
         .with_context(|| format!("no {tag} line in /proc/stat"))?;
-    let v: Vec<u64> = line
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let v: Vec<f64> = line
         .split_whitespace()
         .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
+        .map(|x| x.parse::<u64>().unwrap_or(0) as f64 / hz)
         .collect();
     if v.len() < 8 {
         bail!("short {tag} line in /proc/stat: {line}");
     }
-    // user nice system idle iowait irq softirq steal
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((busy as f64 / hz, (v[3] + v[4]) as f64 / hz))
+    Ok(v)
+}
+
+/// `/proc/stat`'s line for `cpu`: (tick-sampled busy seconds: every
+/// column but idle and iowait; idle + iowait seconds).
+fn stat_seconds(cpu: usize) -> Result<(f64, f64)> {
+    let v = stat_columns(cpu)?;
+    Ok((v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[3] + v[4]))
+}
+
+/// Seconds `cpu` has spent in user mode (user + nice), tick-sampled. The
+/// LBs' kernel work is not in it; another program's (a build beside the
+/// bench) mostly is.
+pub fn user_seconds(cpu: usize) -> Result<f64> {
+    let v = stat_columns(cpu)?;
+    Ok(v[0] + v[1])
 }
 
 /// One CPU's busy time over an interval: wall time minus its idle and
@@ -191,6 +204,11 @@ pub fn pin(pid: i32, cpu: usize, all_threads: bool) -> Result<()> {
 
 /// Seconds of CPU a process and its children (nginx's worker) have used.
 pub fn tree_seconds(pid: i32) -> f64 {
+    tree_times(pid).1
+}
+
+/// (user seconds, user + system seconds) of a process and its children.
+pub fn tree_times(pid: i32) -> (f64, f64) {
     let children: Vec<i32> = fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
@@ -199,11 +217,10 @@ pub fn tree_seconds(pid: i32) -> f64 {
                 .collect()
         })
         .unwrap_or_default();
-    task_seconds(pid).unwrap_or(0.0)
-        + children
-            .iter()
-            .filter_map(|c| task_seconds(*c))
-            .sum::<f64>()
+    std::iter::once(pid)
+        .chain(children)
+        .filter_map(task_times)
+        .fold((0.0, 0.0), |(u, t), (u1, t1)| (u + u1, t + t1))
 }
 
 fn ppid(pid: i32) -> Option<i32> {
@@ -215,19 +232,19 @@ fn ppid(pid: i32) -> Option<i32> {
         .ok()
 }
 
-/// Seconds of CPU a process (or kthread) has used: utime + stime.
-pub fn task_seconds(pid: i32) -> Option<f64> {
+/// (user seconds, user + system seconds) a process (or kthread) has used.
+fn task_times(pid: i32) -> Option<(f64, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised comm, which may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // state is field 3 overall (index 0 here); utime 14, stime 15.
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
+    Some((utime as f64 / hz, (utime + stime) as f64 / hz))
 }
-
 /// An exclusive lock shared by every `cargo xtask bench` on this machine:
 /// two runs pinning work to the same CPUs would measure each other.
 pub struct MachineLock {

@@ -64,9 +64,24 @@ pub struct Running {
     pub url: String,
     /// The load balancer's own threads (for the notes): agent, proxy, NAPI kthreads.
     pub pids: Vec<i32>,
-    _agent: Option<Agent>,
+    agent: Option<Agent>,
     _proc: Option<Proc>,
     _nft: Option<NftTable>,
+}
+
+impl Running {
+    /// The address:port `url` names, where the LB listens.
+    pub fn addr(&self) -> Result<SocketAddr> {
+        let hostport = self.url["http://".len()..].trim_end_matches('/');
+        hostport
+            .parse()
+            .with_context(|| format!("not an address:port in {}", self.url))
+    }
+
+    /// xdplb's agent (its pinned counters), for xdplb.
+    pub fn agent(&self) -> Option<&Agent> {
+        self.agent.as_ref()
+    }
 }
 
 /// Starts nginx in every backend, pinned to the load CPU.
@@ -121,7 +136,7 @@ pub fn start(lab: &Lab, lb: Lb, pinned: bool) -> Result<Running> {
     let mut running = Running {
         url: on_lb1,
         pids: Vec::new(),
-        _agent: None,
+        agent: None,
         _proc: None,
         _nft: None,
     };
@@ -171,7 +186,7 @@ pub fn start(lab: &Lab, lb: Lb, pinned: bool) -> Result<Running> {
                 cpu::unthread_napi(&lb1.ns.name, "eth0")?;
             }
             running.url = format!("http://{vip}:{PORT}/");
-            running._agent = Some(agent);
+            running.agent = Some(agent);
         }
         Lb::Haproxy => {
             let dir = lab.run_dir.join("lb1-haproxy");
@@ -261,9 +276,7 @@ pub fn start(lab: &Lab, lb: Lb, pinned: bool) -> Result<Running> {
     }
     // A proxy says nothing when it listens: connect from the client until
     // it answers (this also proves the path through xdplb works).
-    let target: SocketAddr = running.url["http://".len()..]
-        .trim_end_matches('/')
-        .parse()?;
+    let target = running.addr()?;
     let ok = lab.host("client").ns.run(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
