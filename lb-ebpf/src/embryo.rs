@@ -285,16 +285,32 @@ pub fn client_syn(key: &FlowKey, half: EmbryoRef) -> Step {
     Step::Reopen
 }
 
-/// The backend's SYN-ACK on the reply half `entry` (read as `emb`): kept
-/// if it answers this connection's SYN; if it acknowledges another, it is
-/// the backend's retransmission for an older connection that had this NAT
-/// port, which the backend is told to drop.
+/// The backend's SYN-ACK on the reply half `entry` (read as `emb`) at
+/// `key`: kept if it answers this connection's SYN; if it acknowledges
+/// another, it is the backend's retransmission for an older connection
+/// that had this NAT port, which the backend is told to drop.
+///
+/// The same SYN-ACK again is the backend's retransmission: the client has
+/// not answered the first within the backend's retransmission timeout (a
+/// second), as a spoofed source never does. The backend is told to drop
+/// it and the port is free at once, so a flood's half-open connections
+/// last a second on the backends, not the minute of their retries, and a
+/// port the data plane hands out again is one the backend has let go. The
+/// cost, when a real client's packet was lost: a SYN-ACK lost on its way
+/// costs the client a second retransmission (3 s instead of 1 s); its
+/// handshake ACK lost, with nothing sent after it (a protocol where the
+/// server speaks first), the connection is reset. A client that sends
+/// data (TLS, HTTP) completes the handshake with it.
 #[inline(always)]
-pub fn backend_synack(entry: EmbryoRef, emb: &Embryo, seq: u32, ack: u32) -> Step {
+pub fn backend_synack(key: &FlowKey, entry: EmbryoRef, emb: &Embryo, seq: u32, ack: u32) -> Step {
     if emb.state & EMBRYO_SYN == 0 {
         return Step::Forward;
     }
     if ack != emb.syn_next {
+        return Step::ResetBackend;
+    }
+    if emb.state & EMBRYO_SYNACK != 0 {
+        reset(key, entry);
         return Step::ResetBackend;
     }
     entry.record_synack(seq.wrapping_add(1), emb.state);

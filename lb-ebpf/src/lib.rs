@@ -248,7 +248,7 @@ fn half_open(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: EmbryoRef, now: &Now
             Step::Forward
         }
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-        embryo::backend_synack(entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
+        embryo::backend_synack(&key, entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
     } else {
         embryo::backend_other(&key, entry, &emb, now)
     };

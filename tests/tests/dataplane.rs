@@ -1070,6 +1070,40 @@ fn a_retransmitted_syn_whose_port_was_reclaimed_opens_anew() {
     );
 }
 
+/// The backend's SYN-ACK retransmission (its client did not answer the
+/// first within a second, as a spoofed source never does) goes back to the
+/// backend as an RST, and the half-open connection is gone: the backend
+/// keeps a flood's half-open connection a second, not a minute, and the
+/// NAT port is free again.
+#[test]
+fn a_syn_ack_retransmission_resets_the_backend_and_frees_the_port() {
+    in_own_netns(
+        "a_syn_ack_retransmission_resets_the_backend_and_frees_the_port",
+        || {
+            let dp = Dataplane::start();
+            let (conn, backend_mac) = establish(&dp, 40003);
+            dp.check(&Case::new(
+                "the SYN-ACK again: an RST back to the backend",
+                syn_ack(wire(backend_mac, conn.backend, LB_MAC, conn.snat)).build(),
+                Action::Tx,
+                Reason::TxResetBackend,
+                Out::Frame(
+                    wire(LB_MAC, conn.snat, backend_mac, conn.backend)
+                        .tcp()
+                        .flags(TCP_RST)
+                        .ip_id(0)
+                        .seq(CLIENT_ISN + 1)
+                        .tcp_data_offset(6)
+                        .payload(&MSS_1460)
+                        .build(),
+                ),
+            ));
+            assert_embryos(&dp, "a SYN-ACK retransmission", &[]);
+            assert_flows(&dp, "a SYN-ACK retransmission", &[]);
+        },
+    );
+}
+
 /// EMBRYOS holds exactly `expected`, compared as [`assert_flows`] does.
 fn assert_embryos(dp: &Dataplane, after: &str, expected: &[(FlowKey, Flow)]) {
     let norm = |v: &[(FlowKey, Flow)]| {

@@ -709,6 +709,8 @@ struct Stats {
     challenge_resets: u64,
     /// Client SYNs on a forward half whose port was reclaimed: reopened.
     reopened: u64,
+    /// A SYN-ACK again on a half-open connection: reset back, ended.
+    synack_retransmissions: u64,
     /// Client ACKs whose reply half was gone (drop_embryo_lost).
     lost: u64,
     /// Packets forwarded by a half whose other half is gone or another
@@ -1399,6 +1401,12 @@ impl Model {
             // For an older connection that had this NAT port: the backend
             // is told to drop it.
             self.stats.stale_synacks += 1;
+            return Step::ResetBackend;
+        }
+        if e.state & EMBRYO_SYNACK != 0 {
+            // The backend's retransmission: its client never answered.
+            self.stats.synack_retransmissions += 1;
+            self.reset(key);
             return Step::ResetBackend;
         }
         e.ack_expect = seq.wrapping_add(1);
@@ -3226,6 +3234,10 @@ fn fuzz(s: Settings) {
                 st.challenge_resets,
             ),
             ("SYNs reopening a reclaimed connection", st.reopened),
+            (
+                "SYN-ACK retransmissions reset back",
+                st.synack_retransmissions,
+            ),
             ("promotions by the handshake", st.promoted_handshake),
             ("promotions by the backend's answer", st.promoted_answer),
             ("resets of half-open connections", st.reset),
