@@ -150,6 +150,9 @@ fn partner(key: &FlowKey, half: EmbryoRef) -> Option<(FlowKey, EmbryoRef)> {
     (other.other_key(key.proto) == *key).then_some((okey, other))
 }
 
+/// A NAT source: (SNAT address, port), network order.
+type Nat = ([u8; 4], [u8; 2]);
+
 /// A new TCP connection (`pkt` is not an RST): an embryo, both halves,
 /// with a NAT port towards the chosen backend. Returns the forward half.
 #[inline(always)]
@@ -180,7 +183,7 @@ pub fn open(
     let proto = choice.key.proto;
     // A free port, or else the one of the oldest embryo probed.
     let mut free = None;
-    let mut oldest: Option<(FlowKey, ([u8; 4], [u8; 2]), u64)> = None;
+    let mut oldest: Option<(FlowKey, Nat, u64)> = None;
     for i in 0..NAT_PORT_TRIES {
         let nat = conntrack::nat_candidate(config, choice.hash, i);
         let reply_key = FlowKey::reply_of(nat.0, backend.ip, nat.1, backend.port, proto);
