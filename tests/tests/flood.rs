@@ -366,12 +366,13 @@ fn a_backend_whose_nat_ports_are_all_held_by_half_open_flows_still_serves_a_legi
     let (client, api1) = (bed.lab.host("client"), bed.lab.host("api1"));
     let before = bed.reasons();
 
-    // Spoofed SYNs, a thousand a second, about 16 a second for each NAT
-    // port: the ports fill whatever order the data plane tries them in, and
-    // stay full. The backend answers each with a SYN-ACK that goes to a
-    // spoofed address: nobody completes a handshake, and lb1 holds every
-    // port with a half-open connection (until the backend's SYN-ACK
-    // retransmission a second later frees it, by then taken again).
+    // Spoofed SYNs, several hundred a second, each NAT port hit every
+    // tenth of a second or so: the ports fill whatever order the data
+    // plane tries them in. The backend answers each with a SYN-ACK that
+    // goes to a spoofed address: nobody completes a handshake, and lb1
+    // holds every port with a half-open connection (each until the
+    // backend's SYN-ACK retransmission, a second after its SYN, frees it,
+    // by then taken again). Once all are held, the SYNs stop.
     let log = bed.lab.run_dir.join("hping3-fill.log");
     let vip_ip = vip.ip().to_string();
     let fill = Hping::start(
@@ -380,26 +381,25 @@ fn a_backend_whose_nat_ports_are_all_held_by_half_open_flows_still_serves_a_legi
         &log,
     )
     .unwrap_or_else(|e| panic!("starting the SYNs that fill the NAT ports: {e:#}"));
-    let started = Instant::now();
-
     let all: BTreeSet<u16> = NAT_PORTS.collect();
     let mut held = BTreeSet::new();
     let filled = wait::eventually(Duration::from_secs(5), || {
         held = &half_open_towards(&bed, api1.ip) & &all;
         held == all
     });
-    let filled_after = started.elapsed();
-    // While the SYNs go on and every port is held by a half-open flow: a
-    // legit client's connections all get through, one after another.
-    // Each may take a retransmitted SYN: the port it is given was a
-    // spoofed client's, and api1 may still hold that half-open connection
-    // on the same four-tuple; it answers the new SYN for the old one, lb1
-    // resets that (tx_reset_backend), and the client's SYN a second later
-    // gets through.
-    let legit = filled.then(|| bed.client.run(in_a_row(vip, 5, ATTEMPT)));
     let sent = fill
         .stop()
         .unwrap_or_else(|e| panic!("stopping hping3: {e:#}"));
+    let started = Instant::now();
+    let still = &half_open_towards(&bed, api1.ip) & &all;
+
+    // At once, while every port is still held by a half-open flow: a legit
+    // client's connections all get through, one after another. The first
+    // may take a retransmitted SYN: the port it is given was a spoofed
+    // client's, which api1 may still hold on the same four-tuple; api1
+    // answers the new SYN for the old one, lb1 resets that
+    // (tx_reset_backend), and the client's SYN a second later gets through.
+    let legit = filled.then(|| bed.client.run(in_a_row(vip, 5, ATTEMPT)));
     let counted = delta(&before, &bed.reasons());
     let spoofed = format!(
         "spoofed SYNs (hping3 --rand-source -S -i u1000): {sent}; data plane since: {counted}; flow maps: {}",
@@ -413,18 +413,24 @@ fn a_backend_whose_nat_ports_are_all_held_by_half_open_flows_still_serves_a_legi
         all.difference(&held).take(10).collect::<Vec<_>>(),
         bed.agent.diag()
     );
+    assert!(
+        still == all,
+        "the NAT ports towards api1 must still all be held by half-open flows as the SYNs stop and the legit client starts; {} are (missing {:?}).\n{spoofed}",
+        still.len(),
+        all.difference(&still).take(10).collect::<Vec<_>>()
+    );
     let legit = legit.expect("run once the ports were full");
     let t = started;
     assert!(
         legit.iter().all(|a| a.result.is_ok()),
         "with every NAT port towards api1 held by a half-open flow, expected 5 legit HTTPS connections in a row each answered within {ATTEMPT:?}; got {}.\n{spoofed}{}",
-        summary(&legit, t, "the spoofed SYNs' start", ATTEMPT),
+        summary(&legit, t, "the spoofed SYNs' end", ATTEMPT),
         bed.agent.diag()
     );
     eprintln!(
-        "{spoofed}\n  all {} NAT ports held {:.1} s after the SYNs began\n  legit meanwhile: {}",
+        "{spoofed}\n  all {} NAT ports held, {} still as the SYNs stopped\n  legit then: {}",
         held.len(),
-        filled_after.as_secs_f64(),
-        summary(&legit, t, "the spoofed SYNs' start", ATTEMPT)
+        still.len(),
+        summary(&legit, t, "the spoofed SYNs' end", ATTEMPT)
     );
 }

@@ -471,6 +471,35 @@ struct Half {
 }
 
 impl Half {
+    /// A new connection `key`'s two halves: forward from SNAT:`port` to the
+    /// backend at `bip`:`bport`, reply back to the client.
+    fn pair(
+        key: &FlowKey,
+        (port, bip, bport): (u16, [u8; 4], [u8; 2]),
+        backend: u32,
+        service: u32,
+    ) -> (Half, Half) {
+        let forward = Half {
+            new_src: SNAT.octets(),
+            new_dst: bip,
+            new_sport: port.to_be_bytes(),
+            new_dport: bport,
+            dir: DIR_FORWARD,
+            backend,
+            service,
+        };
+        let reply = Half {
+            new_src: key.dst,
+            new_dst: key.src,
+            new_sport: key.dport,
+            new_dport: key.sport,
+            dir: DIR_REPLY,
+            backend,
+            service,
+        };
+        (forward, reply)
+    }
+
     fn of(f: &Flow) -> Half {
         Half {
             new_src: f.new_src,
@@ -578,6 +607,18 @@ enum Leaves {
 }
 
 impl Leaves {
+    /// A new connection's first packet: the program resolves the backend
+    /// when it makes the connection, and the FIB's MTU check refuses a
+    /// packet larger than lb0's MTU, which then goes to the kernel,
+    /// rewritten.
+    fn of_new(f: &[u8]) -> Leaves {
+        if usize::from(be16(f, ETH_HDR_LEN + 2)) <= MTU {
+            Leaves::Tx
+        } else {
+            Leaves::FibOther
+        }
+    }
+
     /// A packet of an existing half (FLOWS or EMBRYOS): `tot` its IPv4 total
     /// length.
     fn of(half: &Half, tot: usize) -> Leaves {
@@ -1157,33 +1198,8 @@ impl Model {
         let l4 = l4_at(f);
         let (flags, seq) = (f[l4 + 13], be32(f, l4 + 4));
         let state = if flags & TCP_SYN != 0 { EMBRYO_SYN } else { 0 };
-        let forward = Half {
-            new_src: SNAT.octets(),
-            new_dst: bip,
-            new_sport: port.to_be_bytes(),
-            new_dport: bport,
-            dir: DIR_FORWARD,
-            backend,
-            service: service_id,
-        };
-        let reply = Half {
-            new_src: key.dst,
-            new_dst: key.src,
-            new_sport: key.dport,
-            new_dport: key.sport,
-            dir: DIR_REPLY,
-            backend,
-            service: service_id,
-        };
-        // The program resolves the backend when it makes the connection;
-        // the FIB's MTU check refuses a packet larger than lb0's MTU, which
-        // then goes to the kernel, rewritten.
-        let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
-        let leaves = if tot <= MTU {
-            Leaves::Tx
-        } else {
-            Leaves::FibOther
-        };
+        let (forward, reply) = Half::pair(&key, (port, bip, bport), backend, service_id);
+        let leaves = Leaves::of_new(f);
         let counted = self.check_nat(f, ret, out, &forward, leaves, want)?;
         if reclaim {
             // The oldest embryo probed gives its port up; its forward half
@@ -1257,30 +1273,8 @@ impl Model {
             });
         }
         let (port, reply_key) = free.expect("a free port");
-        let forward = Half {
-            new_src: SNAT.octets(),
-            new_dst: bip,
-            new_sport: port.to_be_bytes(),
-            new_dport: bport,
-            dir: DIR_FORWARD,
-            backend,
-            service: service_id,
-        };
-        let reply = Half {
-            new_src: key.dst,
-            new_dst: key.src,
-            new_sport: key.dport,
-            new_dport: key.sport,
-            dir: DIR_REPLY,
-            backend,
-            service: service_id,
-        };
-        let tot = usize::from(be16(f, ETH_HDR_LEN + 2));
-        let leaves = if tot <= MTU {
-            Leaves::Tx
-        } else {
-            Leaves::FibOther
-        };
+        let (forward, reply) = Half::pair(&key, (port, bip, bport), backend, service_id);
+        let leaves = Leaves::of_new(f);
         let counted = self.check_nat(f, ret, out, &forward, leaves, want)?;
         self.add_flow(key, forward, reply_key, reply);
         self.stats.udp_opened += 1;
