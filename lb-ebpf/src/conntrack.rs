@@ -165,13 +165,8 @@ impl FlowRef {
     }
 }
 
-/// The flow this packet belongs to, either half: one lookup serves the
-/// client → VIP and the backend → SNAT direction alike.
-#[inline(always)]
-pub fn lookup(pkt: &Ipv4Packet) -> Option<FlowRef> {
-    entry(&key_of(pkt))
-}
-
+/// The flow of the packet whose 5-tuple is `key`, either half: one
+/// lookup serves the client → VIP and the backend → SNAT direction alike.
 #[inline(always)]
 pub fn entry(key: &FlowKey) -> Option<FlowRef> {
     FLOWS.get_ptr_mut(key).and_then(NonNull::new).map(FlowRef)
@@ -194,11 +189,11 @@ pub struct Choice {
 /// its tuple's hash (the same on every node, so a node taking over picks
 /// the same backend for the same tuple).
 #[inline(always)]
-pub fn choose(pkt: &Ipv4Packet, service: &Service) -> Result<Choice, Verdict> {
+pub fn choose(key: &FlowKey, service: &Service) -> Result<Choice, Verdict> {
     if service.table_size == 0 {
         return Err(Verdict::pass(Reason::PassNoBackend));
     }
-    let key = key_of(pkt);
+    let key = *key;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let Some(backend_id) = maps::maglev_slot(service.table_base + hash % service.table_size) else {
         return Err(Verdict::pass(Reason::PassNoBackend));

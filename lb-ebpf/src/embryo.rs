@@ -394,8 +394,10 @@ fn promote(
     let _ = EMBRYOS.remove(rkey);
     maps::count_embryo(|s: &mut EmbryoStats| &mut s.promoted);
     maps::count_new_flow(service, backend_id);
-    if let Some(backend) = maps::backend(backend_id) {
-        flowlog::opened(fkey, &backend, nat, 0, now.t, now.ticks_per_s);
+    if flowlog::enabled()
+        && let Some(backend) = maps::backend(backend_id)
+    {
+        flowlog::opened(fkey, &backend, nat, 0, now.t, now.second as u32);
     }
     Step::Promoted
 }

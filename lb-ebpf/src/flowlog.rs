@@ -22,6 +22,14 @@ static FLOW_LOG_RATE: u32 = 0;
 #[unsafe(no_mangle)]
 static FLOW_LOG_BURST: u32 = 0;
 
+/// Whether the flow log is on (a load-time constant: when it is off, the
+/// verifier drops what this guards, a caller's lookups included).
+#[inline(always)]
+pub fn enabled() -> bool {
+    // SAFETY: a plain load of a static of ours.
+    unsafe { read_volatile(&FLOW_LOG_RATE) != 0 }
+}
+
 /// The connection `key` was just created towards `backend`, NATed from
 /// `nat` (`(0.0.0.0, 0)` for a local backend, whose forward flow has
 /// `flags` FLOW_LOCAL), at `now` (jiffies, `ticks_per_s` a second).

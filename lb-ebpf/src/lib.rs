@@ -25,7 +25,7 @@ pub mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    flow::{DIR_FORWARD, FLOW_LOCAL, Flow},
+    flow::{DIR_FORWARD, FLOW_LOCAL, Flow, FlowKey},
     service::{BACKEND_LOCAL, DataplaneConfig, Service, ServiceKey},
     stats::Reason,
     wire::{ArpHdr, TCP_ACK, TCP_RST, TCP_SYN},
@@ -102,23 +102,24 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     // The agent's word, unless it has gone silent (VRRP heartbeat).
     let active = config.active(now);
 
-    // Established, either direction: one lookup has all the packet needs.
     let now = Now {
         t: now,
         second: u64::from(config.ticks_per_s),
-        ticks_per_s: config.ticks_per_s,
         active,
     };
-    let mut flow = conntrack::lookup(&pkt);
+    // Established, either direction: one lookup has all the packet needs.
+    // The packet's 5-tuple, the key of every lookup below, is read once.
+    let key = conntrack::key_of(&pkt);
+    let mut flow = conntrack::entry(&key);
     // Else half-open, either direction (TCP only: UDP has no handshake);
     // a packet that completes the handshake finds its flow made.
     if flow.is_none()
         && pkt.is_tcp()
-        && let Some(entry) = embryo::lookup(&conntrack::key_of(&pkt))
+        && let Some(entry) = embryo::lookup(&key)
     {
-        match half_open(ctx, &mut pkt, entry, &now) {
+        match half_open(ctx, &mut pkt, &key, entry, &now) {
             HalfOpen::Done(verdict) => return verdict,
-            HalfOpen::Promoted => flow = conntrack::lookup(&pkt),
+            HalfOpen::Promoted => flow = conntrack::entry(&key),
             // Gone: the SYN goes on as a new connection's.
             HalfOpen::Reopen => {}
         }
@@ -128,20 +129,20 @@ pub fn process(ctx: &XdpContext) -> Verdict {
     }
 
     // A client → VIP:port packet opening a connection to a virtual service?
-    let key = ServiceKey {
+    let service_key = ServiceKey {
         vip: pkt.ip.dst,
         port: pkt.dport(),
         proto: pkt.ip.proto,
         _pad: 0,
     };
-    let Some(service) = maps::service(&key) else {
+    let Some(service) = maps::service(&service_key) else {
         return Verdict::pass(Reason::PassNotService);
     };
     if !active {
         // A backup never NATs VIP traffic: the active node owns it.
         return Verdict::pass(Reason::PassNotActive);
     }
-    new_connection(ctx, &mut pkt, &service, &config, now.t)
+    new_connection(ctx, &mut pkt, &key, &service, &config, now.t)
 }
 
 /// ARP passes to the kernel, which answers for the node's addresses (the
@@ -208,9 +209,8 @@ fn established(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: FlowRef, now: &Now
 pub struct Now {
     /// Jiffies, read once per packet.
     pub t: u64,
-    /// Ticks per second, as a u64 and as the config has it.
+    /// Ticks per second (DataplaneConfig::ticks_per_s).
     pub second: u64,
-    pub ticks_per_s: u32,
     pub active: bool,
 }
 
@@ -228,7 +228,13 @@ enum HalfOpen {
 /// real, and meanwhile packets are rewritten from the embryo (no state
 /// written per packet, the next hop looked up when not cached).
 #[inline(always)]
-fn half_open(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: EmbryoRef, now: &Now) -> HalfOpen {
+fn half_open(
+    ctx: &XdpContext,
+    pkt: &mut Ipv4Packet,
+    key: &FlowKey,
+    entry: EmbryoRef,
+    now: &Now,
+) -> HalfOpen {
     let emb = entry.read();
     let to_backend = emb.flow.dir == DIR_FORWARD;
     if to_backend && !now.active {
@@ -237,23 +243,22 @@ fn half_open(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: EmbryoRef, now: &Now
     if let Err(reason) = pkt.validate() {
         return HalfOpen::Done(Verdict::drop(reason));
     }
-    let key = conntrack::key_of(pkt);
     let flags = pkt.tcp_flags();
     let step = if flags & TCP_RST != 0 {
-        embryo::reset(&key, entry);
+        embryo::reset(key, entry);
         Step::Forward
     } else if to_backend {
         if flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
-            embryo::client_ack(&key, entry, pkt.tcp_ack(), now)
+            embryo::client_ack(key, entry, pkt.tcp_ack(), now)
         } else if flags & TCP_SYN != 0 {
-            embryo::client_syn(&key, entry)
+            embryo::client_syn(key, entry)
         } else {
             Step::Forward
         }
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-        embryo::backend_synack(&key, entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
+        embryo::backend_synack(key, entry, &emb, pkt.tcp_seq(), pkt.tcp_ack())
     } else {
-        embryo::backend_other(&key, entry, &emb, now)
+        embryo::backend_other(key, entry, &emb, now)
     };
     match step {
         Step::Forward => {}
@@ -285,6 +290,7 @@ fn half_open(ctx: &XdpContext, pkt: &mut Ipv4Packet, entry: EmbryoRef, now: &Now
 fn new_connection(
     ctx: &XdpContext,
     pkt: &mut Ipv4Packet,
+    key: &FlowKey,
     service: &Service,
     config: &DataplaneConfig,
     now: u64,
@@ -298,7 +304,7 @@ fn new_connection(
         // two lookups a packet).
         return Verdict::drop(Reason::DropRstNoFlow);
     }
-    let choice = match conntrack::choose(pkt, service) {
+    let choice = match conntrack::choose(key, service) {
         Ok(choice) => choice,
         Err(verdict) => return verdict,
     };
