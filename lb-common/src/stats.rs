@@ -27,6 +27,20 @@ pub struct EmbryoStats {
     pub reset: u64,
 }
 
+impl EmbryoStats {
+    /// The per-CPU slots summed, as the agent and the tests read them.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a EmbryoStats>) -> EmbryoStats {
+        per_cpu
+            .into_iter()
+            .fold(EmbryoStats::default(), |s, c| EmbryoStats {
+                opened: s.opened + c.opened,
+                promoted: s.promoted + c.promoted,
+                reclaimed: s.reclaimed + c.reclaimed,
+                reset: s.reset + c.reset,
+            })
+    }
+}
+
 impl Counter {
     #[inline(always)]
     pub fn add(&mut self, bytes: u64) {

@@ -235,15 +235,7 @@ fn embryo_counters(pin_dir: &Path) -> EmbryoStats {
         .unwrap_or_else(|e| panic!("opening pinned {}: {e}", path.display()));
     let map: PerCpuArray<MapData, EmbryoStats> =
         PerCpuArray::try_from(Map::from_map_data(data).unwrap()).unwrap();
-    map.get(&0, 0)
-        .expect("reading EMBRYO_STATS")
-        .iter()
-        .fold(EmbryoStats::default(), |s, c| EmbryoStats {
-            opened: s.opened + c.opened,
-            promoted: s.promoted + c.promoted,
-            reclaimed: s.reclaimed + c.reclaimed,
-            reset: s.reset + c.reset,
-        })
+    EmbryoStats::sum(map.get(&0, 0).expect("reading EMBRYO_STATS").iter())
 }
 
 /// Every event the flow log's data plane side counted: logged, held back

@@ -339,16 +339,7 @@ impl Node {
             .expect("no map EMBRYO_STATS")
             .try_into()
             .unwrap();
-        let embryo = embryo
-            .get(&0, 0)
-            .expect("reading EMBRYO_STATS")
-            .iter()
-            .fold(EmbryoStats::default(), |s, c| EmbryoStats {
-                opened: s.opened + c.opened,
-                promoted: s.promoted + c.promoted,
-                reclaimed: s.reclaimed + c.reclaimed,
-                reset: s.reset + c.reset,
-            });
+        let embryo = EmbryoStats::sum(embryo.get(&0, 0).expect("reading EMBRYO_STATS").iter());
         let services: PerCpuArray<_, Traffic> = self
             .loaded
             .ebpf

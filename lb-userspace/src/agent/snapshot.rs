@@ -7,7 +7,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use aya::maps::{MapData, PerCpuArray};
-use lb_common::stats::{Reason, ReasonTotals, Traffic};
+use lb_common::stats::{EmbryoStats, Reason, ReasonTotals, Traffic};
 
 use super::Agent;
 use crate::{
@@ -197,12 +197,9 @@ impl Agent {
             ..status::HalfOpen::default()
         };
         if let Ok(per_cpu) = self.embryo_stats.get(&0, 0) {
-            for c in per_cpu.iter() {
-                h.opened += c.opened;
-                h.promoted += c.promoted;
-                h.reclaimed += c.reclaimed;
-                h.reset += c.reset;
-            }
+            let c = EmbryoStats::sum(per_cpu.iter());
+            (h.opened, h.promoted, h.reclaimed, h.reset) =
+                (c.opened, c.promoted, c.reclaimed, c.reset);
         }
         h
     }
